@@ -1,0 +1,1 @@
+"""Lineage: edges between artifacts and what each method touched (being built)."""

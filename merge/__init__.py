@@ -1,0 +1,1 @@
+"""Merge engine: merge methods, LoRA fold-in, planner and executor (being built)."""

@@ -1,0 +1,212 @@
+"""`add`: register a file or folder as an artifact.
+
+Order of work, for crash safety and concurrency:
+1. validate everything (sources.scan) — a bad input never touches the store;
+2. under a shared gc pin, stream every file through the hash into blobs
+   (no catalog lock held: parallel adds hash and copy side by side);
+3. under the catalog's exclusive lock: assign the version, write the manifest
+   atomically, index it. A crash before the manifest leaves only unreferenced
+   blobs (for `gc`); after it, the next catalog write indexes the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from registry.catalog import Connection, insert_manifests
+from registry.errors import ArtifactNotFound, GraftError, InvalidArtifact, PickleRefused, SourceChanged
+from registry.manifest import FileRecord, Kind, Manifest, Parent, Relation, TensorRecord, content_id
+from registry.safetensors_header import SafetensorsHeader, read_header
+from registry.sources import Source, scan
+from registry.store import Store
+
+OnProgress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+RELATION_OF_KIND: dict[str, Relation] = {
+    "model": "finetune",
+    "adapter": "adapter",
+    "checkpoint": "checkpoint",
+    "merge": "merge",
+}
+
+
+@dataclass(frozen=True)
+class AddResult:
+    manifest: Manifest
+    bytes_new: int  # blob and manifest bytes this add wrote
+    existed: bool  # the same content was already registered
+    skipped: tuple[str, ...]  # input files left out, with why
+
+
+def add(
+    store: Store,
+    path: Path,
+    *,
+    name: str | None = None,
+    parent: str | None = None,
+    method: str | None = None,
+    meta: dict[str, str] | None = None,
+    kind: Kind | None = None,
+    allow_pickle: bool = False,
+    on_progress: OnProgress | None = None,
+) -> AddResult:
+    """Register `path`; return the (new or existing) artifact and what was written."""
+    path = Path(path)
+    source = scan(path)
+    if source.pickles and not allow_pickle:
+        first = next(iter(source.pickles.values()))
+        raise PickleRefused(
+            f"{first}: pickled weights, which graft does not unpickle by default",
+            "re-save as safetensors, or pass --allow-pickle to convert with "
+            "torch.load(weights_only=True)",
+        )
+    parent_id = _parent_id(store, parent) if parent else None
+
+    with store.pin_blobs(), tempfile.TemporaryDirectory(dir=store.tmp_dir) as scratch:
+        weights = {**source.weights, **_convert_pickles(source, Path(scratch))}
+        files, bytes_new = _store_files(store, source, weights, on_progress)
+        artifact_id = content_id(files)
+        existing = _existing(store, artifact_id)
+        if existing:
+            return AddResult(existing, 0, True, source.skipped)
+        with store.catalog.writing() as con:
+            store.sync_catalog(con)
+            existing = _existing(store, artifact_id)
+            if existing:
+                return AddResult(existing, bytes_new, True, source.skipped)
+            chosen_kind = kind or source.kind
+            manifest = Manifest(
+                id=artifact_id,
+                name=name or source.default_name,
+                version=_next_version(con, name or source.default_name),
+                kind=chosen_kind,
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                source=str(path.absolute()),
+                files=files,
+                parents=(Parent(parent_id, RELATION_OF_KIND[chosen_kind]),) if parent_id else (),
+                method=method,
+                meta=dict(meta or {}),
+            )
+            bytes_new += store.write_manifest(manifest)
+            insert_manifests(con, [manifest], store.blobs)
+    return AddResult(manifest, bytes_new, False, source.skipped)
+
+
+def _parent_id(store: Store, ref: str) -> str:
+    try:
+        with store.catalog.reading() as con:
+            return store.resolve(con, ref)
+    except ArtifactNotFound as e:
+        raise ArtifactNotFound(f"parent {ref!r} is not in the store", "add it first, or check `graft ls`") from e
+
+
+def _existing(store: Store, artifact_id: str) -> Manifest | None:
+    """The registered manifest with this id, if its manifest file is complete."""
+    if not store.manifest_path(artifact_id).is_file():
+        return None
+    try:
+        return store.load_manifest(artifact_id)
+    except GraftError:
+        return None  # damaged: write it anew
+
+
+def _next_version(con: Connection, name: str) -> int:
+    row = con.execute("SELECT coalesce(max(version), 0) FROM artifacts WHERE name = ?", [name]).fetchone()
+    return int(row[0]) + 1 if row else 1
+
+
+def _store_files(
+    store: Store,
+    source: Source,
+    weights: dict[str, SafetensorsHeader],
+    on_progress: OnProgress | None,
+) -> tuple[tuple[FileRecord, ...], int]:
+    plan: dict[str, Path | SafetensorsHeader] = {**source.companions, **weights}
+    total = sum(os.path.getsize(_path_of(p)) for p in plan.values())
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, total)
+
+    records, written = [], 0
+    for rel in sorted(plan):
+        item = plan[rel]
+        file_path = _path_of(item)
+        try:
+            with open(file_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if isinstance(item, SafetensorsHeader):
+                    record, n = _store_safetensors(store, rel, item, f, size, on_bytes)
+                else:
+                    blob, n = store.blobs.put_range(f, 0, size, on_bytes)
+                    record = FileRecord(path=rel, size=size, blob=blob)
+                if os.fstat(f.fileno()).st_size != size:
+                    raise EOFError("size changed")
+        except EOFError as e:
+            raise SourceChanged(
+                f"{file_path}: changed while being added ({e})",
+                "wait until whatever writes it has finished, then add again",
+            ) from e
+        except OSError as e:
+            raise InvalidArtifact(f"{file_path}: cannot read ({e.strerror})", "check permissions") from e
+        records.append(record)
+        written += n
+    store.blobs.sync()
+    return tuple(records), written
+
+
+def _path_of(item: Path | SafetensorsHeader) -> Path:
+    return item.path if isinstance(item, SafetensorsHeader) else item
+
+
+def _store_safetensors(
+    store: Store,
+    rel: str,
+    header: SafetensorsHeader,
+    f: BinaryIO,
+    size: int,
+    on_bytes: Callable[[int], None],
+) -> tuple[FileRecord, int]:
+    header_blob, written = store.blobs.put_range(f, 0, header.data_start, on_bytes)
+    tensors = []
+    for t in header.tensors:
+        blob, n = store.blobs.put_range(f, header.data_start + t.begin, t.nbytes, on_bytes)
+        written += n
+        tensors.append(TensorRecord(t.name, t.dtype, t.shape, t.begin, t.nbytes, blob))
+    record = FileRecord(rel, size, header_blob, tuple(tensors), header.metadata)
+    return record, written
+
+
+def _convert_pickles(source: Source, scratch: Path) -> dict[str, SafetensorsHeader]:
+    """Load pickled weights with weights_only=True and re-save them as safetensors."""
+    if not source.pickles:
+        return {}
+    import torch
+    from safetensors.torch import save_file
+
+    converted = {}
+    for rel, pickle_path in source.pickles.items():
+        try:
+            state = torch.load(pickle_path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises many types for a bad or unsafe pickle
+            raise InvalidArtifact(
+                f"{pickle_path}: cannot load with weights_only=True ({type(e).__name__})",
+                "it holds more than tensors; convert it yourself in a trusted environment",
+            ) from e
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise InvalidArtifact(f"{pickle_path}: not a flat dict of tensors", "convert it yourself")
+        # safetensors refuses tensors sharing storage (tied weights): give each its own.
+        tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}
+        out = scratch / rel
+        save_file(tensors, str(out), metadata={"format": "pt"})
+        converted[rel] = read_header(out)
+    return converted

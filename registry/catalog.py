@@ -1,0 +1,216 @@
+"""The DuckDB catalog: a rebuildable index of the manifests.
+
+DuckDB lets one process write, and then nobody else even read, so every
+connection is short-lived and taken under an flock: shared for readers
+(read-only connections may coexist), exclusive for writers. A reader that keeps
+its results, not its connection, never blocks an add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from registry.blobs import BlobStore
+from registry.errors import GraftError, StoreError
+from registry.fsutil import file_lock
+from registry.manifest import Manifest
+from registry.migrations import LATEST, MIGRATIONS
+
+Connection = duckdb.DuckDBPyConnection
+
+# Companion files whose JSON is copied into catalog columns.
+JSON_COLUMNS = {"config.json": "config", "adapter_config.json": "adapter_config"}
+
+
+class Catalog:
+    def __init__(self, path: Path, lock_path: Path, timeout: float) -> None:
+        self.path = path
+        self.lock_path = lock_path
+        self.timeout = timeout
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with file_lock(self.lock_path, shared=True, timeout=self.timeout, what="the catalog"):
+            con = self._connect(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """An exclusive connection inside one transaction, committed on success."""
+        with file_lock(self.lock_path, shared=False, timeout=self.timeout, what="the catalog"):
+            con = self._connect(read_only=False)
+            try:
+                con.begin()
+                yield con
+                con.commit()
+            finally:
+                con.close()
+
+    def _connect(self, *, read_only: bool) -> Connection:
+        try:
+            return duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as e:
+            raise StoreError(
+                f"{self.path}: cannot open the catalog ({e})",
+                "run `graft reindex` to rebuild it from the manifests",
+            ) from e
+
+    def schema_version(self) -> int:
+        if not self.path.exists():
+            return 0
+        with self.reading() as con:
+            return _applied(con)
+
+    def migrate(self) -> None:
+        with self.writing() as con:
+            _migrate(con)
+
+    def rebuild(self, fill: Callable[[Connection], None]) -> None:
+        """Empty every table and refill it, in one transaction; a catalog that
+        no longer opens is moved aside (``catalog.duckdb.broken-<time>``) first."""
+        with file_lock(self.lock_path, shared=False, timeout=self.timeout, what="the catalog"):
+            try:
+                con = self._connect(read_only=False)
+            except StoreError:
+                stamp = time.strftime("%Y%m%dT%H%M%S")
+                for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                    if p.exists():
+                        p.rename(p.with_name(f"{p.name}.broken-{stamp}"))
+                con = self._connect(read_only=False)
+            try:
+                con.begin()
+                _migrate(con)
+                for table in ("tensors", "files", "edges", "artifacts"):
+                    con.execute(f"DELETE FROM {table}")
+                fill(con)
+                con.commit()
+            finally:
+                con.close()
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.schema_version() == LATEST
+
+
+def _migrate(con: Connection) -> None:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+        if version > _applied(con):
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+
+
+def _applied(con: Connection) -> int:
+    try:
+        row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    except duckdb.CatalogException:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStore) -> None:
+    """Index manifests: one bulk insert per table."""
+    artifacts, tensors, files, edges = [], [], [], []
+    for m in manifests:
+        json_cols = _json_columns(m, blobs)
+        weights = [f for f in m.files if f.is_safetensors]
+        artifacts.append(
+            {
+                "id": m.id,
+                "name": m.name,
+                "version": m.version,
+                "kind": m.kind,
+                "created_at": m.created_at,
+                "source_path": m.source,
+                "size_bytes": m.size,
+                "n_tensors": len(m.tensors),
+                "method": m.method,
+                "config": json_cols.get("config"),
+                "adapter_config": json_cols.get("adapter_config"),
+                "safetensors_metadata": json.dumps(weights[0].metadata) if weights else None,
+                "user_metadata": json.dumps(m.meta),
+            }
+        )
+        for f in m.files:
+            files.append(
+                {
+                    "artifact_id": m.id,
+                    "path": f.path,
+                    "role": "weights" if f.is_safetensors else "companion",
+                    "size_bytes": f.size,
+                    "blob": f.blob,
+                    "metadata": json.dumps(f.metadata) if f.is_safetensors else None,
+                }
+            )
+            data_start = f.size - sum(t.nbytes for t in f.tensors)
+            for position, t in enumerate(f.tensors):
+                tensors.append(
+                    {
+                        "artifact_id": m.id,
+                        "name": t.name,
+                        "dtype": t.dtype,
+                        "shape": list(t.shape),
+                        "nbytes": t.nbytes,
+                        "blob": t.blob,
+                        "file": f.path,
+                        "position": position,
+                        "file_offset": data_start + t.offset,
+                    }
+                )
+        for p in m.parents:
+            edges.append(
+                {"child_id": m.id, "parent_id": p.id, "relation": p.relation, "method": m.method}
+            )
+    _bulk_insert(con, "artifacts", artifacts)
+    _bulk_insert(con, "files", files)
+    _bulk_insert(con, "tensors", tensors)
+    _bulk_insert(con, "edges", edges)
+
+
+def delete_artifacts(con: Connection, ids: list[str]) -> None:
+    if not ids:
+        return
+    con.execute("CREATE TEMP TABLE gone AS SELECT unnest(?::VARCHAR[]) AS id", [ids])
+    for table, column in (
+        ("tensors", "artifact_id"),
+        ("files", "artifact_id"),
+        ("edges", "child_id"),
+        ("artifacts", "id"),
+    ):
+        con.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM gone)")
+    con.execute("DROP TABLE gone")
+
+
+def _bulk_insert(con: Connection, table: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    batch = pa.Table.from_pylist(rows)  # noqa: F841 - read by DuckDB by name
+    columns = ", ".join(rows[0])
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM batch")
+
+
+def _json_columns(m: Manifest, blobs: BlobStore) -> dict[str, str]:
+    """config.json and friends as JSON text; skipped when their blob is unreadable."""
+    out = {}
+    for f in m.files:
+        column = JSON_COLUMNS.get(f.path)
+        if column:
+            try:
+                out[column] = json.dumps(json.loads(blobs.read(f.blob)))
+            except (OSError, ValueError, GraftError):
+                continue
+    return out

@@ -1,0 +1,295 @@
+"""Store operations behind `graft ls|show|export|verify|gc|rm|reindex`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from registry.catalog import Connection, delete_artifacts, insert_manifests
+from registry.errors import GraftError, StoreError
+from registry.fsutil import fsync_dir
+from registry.manifest import Manifest
+from registry.store import Store
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    """One line of `graft ls`."""
+
+    id: str
+    name: str
+    version: int
+    kind: str
+    created_at: str
+    size_bytes: int
+    n_tensors: int
+    method: str | None
+    parents: list[str] = field(default_factory=list)  # NAME@N of each parent
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def list_artifacts(store: Store, *, name: str | None = None, kind: str | None = None) -> list[ArtifactRow]:
+    with store.catalog.reading() as con:
+        rows = con.execute(
+            """
+            SELECT a.id, a.name, a.version, a.kind, strftime(a.created_at, '%Y-%m-%dT%H:%M:%SZ'),
+                   a.size_bytes, a.n_tensors, a.method,
+                   list(p.name || '@' || p.version ORDER BY p.name) FILTER (WHERE p.id IS NOT NULL)
+            FROM artifacts a
+            LEFT JOIN edges e ON e.child_id = a.id
+            LEFT JOIN artifacts p ON p.id = e.parent_id
+            WHERE (? IS NULL OR a.name = ?) AND (? IS NULL OR a.kind = ?)
+            GROUP BY a.id, a.name, a.version, a.kind, a.created_at, a.size_bytes, a.n_tensors, a.method
+            ORDER BY a.created_at, a.name, a.version
+            """,
+            [name, name, kind, kind],
+        ).fetchall()
+    return [ArtifactRow(*row[:8], parents=row[8] or []) for row in rows]
+
+
+@dataclass(frozen=True)
+class LineageStep:
+    """An ancestor, `depth` edges above the artifact shown."""
+
+    depth: int
+    id: str
+    ref: str
+    kind: str
+    relation: str
+    method: str | None
+
+
+@dataclass(frozen=True)
+class ArtifactDetail:
+    manifest: Manifest
+    ancestors: list[LineageStep]
+    children: list[str]  # NAME@N of each direct child
+
+
+def show(store: Store, ref: str) -> ArtifactDetail:
+    with store.catalog.reading() as con:
+        artifact_id = store.resolve(con, ref)
+        ancestors = [
+            LineageStep(*row)
+            for row in con.execute(
+                """
+                WITH RECURSIVE up(depth, id, relation, method) AS (
+                    SELECT 1, parent_id, relation, method FROM edges WHERE child_id = ?
+                    UNION ALL
+                    SELECT up.depth + 1, e.parent_id, e.relation, e.method
+                    FROM up JOIN edges e ON e.child_id = up.id
+                    WHERE up.depth < 100
+                )
+                SELECT up.depth, a.id, a.name || '@' || a.version, a.kind, up.relation, up.method
+                FROM up JOIN artifacts a ON a.id = up.id ORDER BY up.depth, a.name
+                """,
+                [artifact_id],
+            ).fetchall()
+        ]
+        children = _children(con, artifact_id)
+    return ArtifactDetail(store.load_manifest(artifact_id), ancestors, children)
+
+
+def export(
+    store: Store, ref: str, out_dir: Path, on_progress: Callable[[int, int], None] | None = None
+) -> Manifest:
+    """Rebuild the artifact's files in `out_dir`, byte for byte as they were added.
+
+    The files are assembled in a temp folder beside `out_dir` and renamed into
+    place at the end, so an interrupted export leaves no half-written folder.
+    """
+    manifest = store.resolve_ref(ref)
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise StoreError(f"{out_dir} exists and is not an empty folder", "choose a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    done, total = 0, manifest.size
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, total)
+
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.graft-"))
+    try:
+        for f in manifest.files:
+            with open(staging / f.path, "wb") as out:
+                for key in f.blob_keys():
+                    store.blobs.copy_to(key, out, on_bytes)
+                out.flush()
+                os.fsync(out.fileno())
+        fsync_dir(staging)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+        fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something `verify` found wrong; `tensor` is None for whole files and manifests."""
+
+    artifact: str  # NAME@N, or the manifest's file name when it is unreadable
+    what: Literal["missing", "corrupt", "wrong size", "damaged manifest"]
+    file: str | None = None
+    tensor: str | None = None
+    blob: str | None = None
+
+    def __str__(self) -> str:
+        where = " ".join(
+            part
+            for part in (
+                self.artifact,
+                self.file and f"file {self.file}",
+                self.tensor and f"tensor {self.tensor!r}",
+                self.blob and f"blob {self.blob}",
+            )
+            if part
+        )
+        return f"{where}: {self.what}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    artifacts: int
+    blobs: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(store: Store, ref: str | None = None) -> VerifyReport:
+    """Re-hash manifests and every blob they name; report each defect.
+
+    It first brings the catalog index in line with the manifests (the repair a
+    crash between writing a manifest and indexing it leaves for the next write).
+    """
+    with store.catalog.writing() as con:
+        store.sync_catalog(con)
+        ids = [store.resolve(con, ref)] if ref else sorted(store.manifest_ids())
+    problems: list[Problem] = []
+    checked: dict[str, Literal["missing", "corrupt", "wrong size"] | None] = {}  # blob → its problem, None when sound
+    for artifact_id in ids:
+        try:
+            manifest = store.load_manifest(artifact_id)
+        except StoreError:
+            problems.append(Problem(f"manifests/{artifact_id}.json", "damaged manifest"))
+            continue
+        for f in manifest.files:
+            header_len = f.size - sum(t.nbytes for t in f.tensors)
+            parts = [(None, f.blob, header_len), *((t.name, t.blob, t.nbytes) for t in f.tensors)]
+            for tensor, key, size in parts:
+                if key not in checked:
+                    checked[key] = _check_blob(store, key, size)
+                what = checked[key]
+                if what:
+                    problems.append(Problem(manifest.ref, what, f.path, tensor, key))
+    return VerifyReport(len(ids), len(checked), problems)
+
+
+def _check_blob(
+    store: Store, key: str, size: int
+) -> Literal["missing", "corrupt", "wrong size"] | None:
+    path = store.blobs.path(key)
+    try:
+        if path.stat().st_size != size:
+            return "wrong size"
+    except FileNotFoundError:
+        return "missing"
+    return None if store.blobs.actual_key(key) == key else "corrupt"
+
+
+@dataclass(frozen=True)
+class GcResult:
+    blobs_removed: int
+    bytes_freed: int
+    temp_files_removed: int
+
+
+def gc(store: Store, *, dry_run: bool = False) -> GcResult:
+    """Delete blobs no manifest references, and leftovers of interrupted writes.
+
+    Holds the store's exclusive pin, so it waits for adds that are between
+    writing blobs and indexing them, and they wait for it.
+    """
+    with store.exclusive():
+        referenced: set[str] = set()
+        for artifact_id in store.manifest_ids():
+            try:
+                manifest = store.load_manifest(artifact_id)
+            except StoreError as e:
+                raise StoreError(
+                    f"{e.message}; gc cannot tell which blobs it needs",
+                    "run `graft verify`, then remove or restore that manifest",
+                ) from e
+            for f in manifest.files:
+                referenced.update(f.blob_keys())
+        removed = freed = 0
+        for key in list(store.blobs.keys()):
+            if key not in referenced:
+                removed += 1
+                freed += store.blobs.size(key)
+                if not dry_run:
+                    store.blobs.delete(key)
+        temps = list(store.tmp_dir.iterdir())
+        if not dry_run:
+            for p in temps:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+    return GcResult(removed, freed, len(temps))
+
+
+def remove(store: Store, ref: str, *, force: bool = False) -> Manifest:
+    """Unregister an artifact (its blobs stay until `gc`)."""
+    with store.catalog.writing() as con:
+        artifact_id = store.resolve(con, ref)
+        manifest = store.load_manifest(artifact_id)
+        children = _children(con, artifact_id)
+        if children and not force:
+            raise StoreError(
+                f"{manifest.ref} is the parent of {', '.join(children)}",
+                "remove those first, or pass --force",
+            )
+        store.remove_manifest(artifact_id)
+        delete_artifacts(con, [artifact_id])
+    return manifest
+
+
+def _children(con: Connection, artifact_id: str) -> list[str]:
+    rows = con.execute(
+        "SELECT a.name || '@' || a.version FROM edges e JOIN artifacts a ON a.id = e.child_id "
+        "WHERE e.parent_id = ? ORDER BY 1",
+        [artifact_id],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def reindex(store: Store) -> tuple[int, list[str]]:
+    """Rebuild the catalog from the manifests; return (indexed, damaged manifest files)."""
+    manifests, damaged = [], []
+    for artifact_id in sorted(store.manifest_ids()):
+        try:
+            manifests.append(store.load_manifest(artifact_id))
+        except GraftError:
+            damaged.append(f"manifests/{artifact_id}.json")
+    store.catalog.rebuild(lambda con: insert_manifests(con, manifests, store.blobs))
+    return len(manifests), damaged

@@ -1,0 +1,187 @@
+"""The store: blobs and manifests (the truth) plus the DuckDB catalog (an index).
+
+Layout of a store folder::
+
+    graft-store.json      marker: {"graft_store": 1}
+    blobs/ab/cdef...      content-addressed bytes, key = xxh3-128 hex
+    manifests/<id>.json   one immutable manifest per artifact
+    catalog.duckdb        the index, rebuilt by `graft reindex`
+    locks/                flock files (catalog, gc)
+    tmp/                  temp files, renamed into blobs/ when complete
+
+Every catalog write first re-syncs the catalog with the manifest folder, so a
+crash between writing a manifest and indexing it heals at the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import platformdirs
+
+from registry.blobs import BlobStore
+from registry.catalog import Catalog, Connection, delete_artifacts, insert_manifests
+from registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
+from registry.fsutil import file_lock, write_atomic
+from registry.manifest import Manifest, parse_manifest
+
+MARKER = "graft-store.json"
+MARKER_CONTENT = {"graft_store": 1}
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+def default_store_path() -> Path:
+    """$GRAFT_STORE, else the per-user data folder (~/.local/share/graft on Linux)."""
+    env = os.environ.get("GRAFT_STORE")
+    return Path(env) if env else Path(platformdirs.user_data_dir("graft"))
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manifests_dir = root / "manifests"
+        self.tmp_dir = root / "tmp"
+        self.locks_dir = root / "locks"
+        self.blobs = BlobStore(root / "blobs", self.tmp_dir)
+        timeout = float(os.environ.get("GRAFT_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+        self.lock_timeout = timeout
+        self.catalog = Catalog(root / "catalog.duckdb", self.locks_dir / "catalog.lock", timeout)
+
+    @classmethod
+    def open(cls, root: Path | None = None, *, check_catalog: bool = True) -> Store:
+        """Open the store at `root` (default: `default_store_path()`), creating it if new.
+
+        `check_catalog=False` skips opening the catalog, for `reindex` to repair it.
+        """
+        root = Path(root) if root is not None else default_store_path()
+        root = root.expanduser().absolute()
+        _check_or_create(root)
+        store = cls(root)
+        for d in (store.blobs.root, store.manifests_dir, store.tmp_dir, store.locks_dir):
+            d.mkdir(exist_ok=True)
+        if check_catalog and not store.catalog.up_to_date:
+            store.catalog.migrate()
+            with store.catalog.writing() as con:
+                store.sync_catalog(con)
+        return store
+
+    # -- manifests ---------------------------------------------------------
+
+    def manifest_path(self, artifact_id: str) -> Path:
+        return self.manifests_dir / f"{artifact_id}.json"
+
+    def manifest_ids(self) -> set[str]:
+        return {p.stem for p in self.manifests_dir.glob("*.json")}
+
+    def load_manifest(self, artifact_id: str) -> Manifest:
+        path = self.manifest_path(artifact_id)
+        try:
+            manifest = parse_manifest(path.read_bytes())
+        except FileNotFoundError as e:
+            raise StoreError(
+                f"manifest of artifact {artifact_id[:12]} is missing",
+                "run `graft reindex` to drop it from the catalog",
+            ) from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(
+                f"{path}: manifest is damaged ({e})", "run `graft verify` to see what is affected"
+            ) from e
+        if manifest.id != artifact_id:
+            raise StoreError(f"{path}: manifest holds artifact {manifest.id[:12]}", "run `graft verify`")
+        return manifest
+
+    def write_manifest(self, manifest: Manifest) -> int:
+        data = manifest.to_json()
+        write_atomic(self.manifest_path(manifest.id), data, self.tmp_dir)
+        return len(data)
+
+    def remove_manifest(self, artifact_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.manifest_path(artifact_id).unlink()
+
+    # -- catalog -----------------------------------------------------------
+
+    def sync_catalog(self, con: Connection) -> None:
+        """Index manifests the catalog lacks; drop rows whose manifest is gone."""
+        on_disk = self.manifest_ids()
+        indexed = {row[0] for row in con.execute("SELECT id FROM artifacts").fetchall()}
+        delete_artifacts(con, sorted(indexed - on_disk))
+        missing = []
+        for artifact_id in sorted(on_disk - indexed):
+            with contextlib.suppress(StoreError):  # damaged ones are `verify`'s to report
+                missing.append(self.load_manifest(artifact_id))
+        insert_manifests(con, missing, self.blobs)
+
+    def resolve(self, con: Connection, ref: str) -> str:
+        """The id a REF names: NAME (latest version), NAME@N, or a unique id prefix."""
+        name, _, version = ref.rpartition("@")
+        if name and version.isdigit():
+            row = con.execute(
+                "SELECT id FROM artifacts WHERE name = ? AND version = ?", [name, int(version)]
+            ).fetchone()
+            if row:
+                return str(row[0])
+            raise ArtifactNotFound(f"no artifact {ref!r}", f"see `graft show {name}` for its versions")
+        row = con.execute(
+            "SELECT id FROM artifacts WHERE name = ? ORDER BY version DESC LIMIT 1", [ref]
+        ).fetchone()
+        if row:
+            return str(row[0])
+        matches = con.execute(
+            "SELECT id, name, version FROM artifacts WHERE starts_with(id, lower(?)) ORDER BY id",
+            [ref],
+        ).fetchall()
+        if len(matches) == 1:
+            return str(matches[0][0])
+        if matches:
+            which = ", ".join(f"{i[:12]} ({n}@{v})" for i, n, v in matches[:5])
+            raise AmbiguousRef(f"{ref!r} matches several artifacts: {which}", "give more of the id")
+        raise ArtifactNotFound(f"no artifact matches {ref!r}", "see `graft ls` for what the store holds")
+
+    def resolve_ref(self, ref: str) -> Manifest:
+        with self.catalog.reading() as con:
+            artifact_id = self.resolve(con, ref)
+        return self.load_manifest(artifact_id)
+
+    # -- locks -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pin_blobs(self) -> Iterator[None]:
+        """Held while writing blobs a manifest will point to: `gc` waits for it."""
+        with file_lock(self.locks_dir / "gc.lock", shared=True, timeout=self.lock_timeout, what="the store"):
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Held by `gc`: no add is between writing blobs and indexing them."""
+        with file_lock(self.locks_dir / "gc.lock", shared=False, timeout=self.lock_timeout, what="the store"):
+            yield
+
+
+def _check_or_create(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a graft store", "pass a folder to --store")
+    marker = root / MARKER
+    if marker.is_file():
+        try:
+            ok = json.loads(marker.read_text()) == MARKER_CONTENT
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise StoreError(f"{marker} is not a graft store marker", "check the --store path")
+        return
+    # Ignore another process's half-written marker: it is creating this store too.
+    if root.exists() and any(not p.name.startswith(".tmp-") for p in root.iterdir()):
+        raise StoreError(
+            f"{root} is not a graft store (no {MARKER}) and is not empty",
+            "pass an empty or new folder to --store / GRAFT_STORE",
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, json.dumps(MARKER_CONTENT).encode())
+    except OSError as e:
+        raise StoreError(f"{root}: cannot create a store ({e.strerror})", "check the path and permissions") from e

@@ -1,0 +1,275 @@
+"""The `graft` command: parses arguments, calls the registry, renders the result."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+import registry
+from registry import ExitCode, GraftError, Store
+from tui import render
+from tui.demo import run_demo
+
+
+class GraftGroup(click.Group):
+    """Turns errors into one line on stderr and a small set of exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except GraftError as e:
+            if debug:
+                raise
+            render.err.print(f"[red]graft: error:[/] {e}", markup=True, highlight=False)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            render.err.print("graft: interrupted")
+            ctx.exit(ExitCode.INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            render.err.print(
+                f"graft: internal error: {type(e).__name__}: {e} (re-run with --debug for details)",
+                markup=False,
+            )
+            ctx.exit(ExitCode.ERROR)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+
+
+def with_store(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the opened store (from --store / GRAFT_STORE / the default) as `store`."""
+
+    @functools.wraps(f)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        return f(Store.open(ctx.obj["store"]), *args, **kwargs)
+
+    return wrapper
+
+
+@click.group(cls=GraftGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    envvar="GRAFT_STORE",
+    help="Store folder [env GRAFT_STORE; default ~/.local/share/graft].",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="graft")
+@click.pass_context
+def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
+    """graft: a content-addressed registry and merge engine for safetensors lineage."""
+    ctx.obj = {"store": store}
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="Artifact name [default: the folder or file name].")
+@click.option("--parent", metavar="REF", help="The artifact this one was trained from.")
+@click.option("--method", help="How it was made: sft, dpo, lora, ... (free text).")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable).")
+@click.option(
+    "--kind",
+    type=click.Choice(["model", "adapter", "merge", "checkpoint"]),
+    help="Override the detected kind.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Convert .bin/.pt weights with torch.load(weights_only=True) instead of refusing.",
+)
+@json_option
+@with_store
+def add(
+    store: Store,
+    path: Path,
+    name: str | None,
+    parent: str | None,
+    method: str | None,
+    meta: tuple[str, ...],
+    kind: Any,
+    allow_pickle: bool,
+    as_json: bool,
+) -> None:
+    """Register a safetensors file, model, adapter or checkpoint folder."""
+    pairs = dict(_key_value(m) for m in meta)
+    with render.progress(f"adding {path.name}") as on_progress:
+        result = registry.add(
+            store,
+            path,
+            name=name,
+            parent=parent,
+            method=method,
+            meta=pairs,
+            kind=kind,
+            allow_pickle=allow_pickle,
+            on_progress=on_progress,
+        )
+    m = result.manifest
+    for note in result.skipped:
+        render.err.print(f"graft: skipped {note}", markup=False)
+    if as_json:
+        render.print_json(
+            {
+                "id": m.id,
+                "name": m.name,
+                "version": m.version,
+                "kind": m.kind,
+                "tensors": len(m.tensors),
+                "files": len(m.files),
+                "bytes": m.size,
+                "bytes_new": result.bytes_new,
+                "existed": result.existed,
+                "skipped": list(result.skipped),
+            }
+        )
+        return
+    verb = "already registered as" if result.existed else "added"
+    render.out.print(
+        f"{verb} {m.ref} ({m.id[:12]}): {m.kind}, {len(m.tensors)} tensors, "
+        f"{render.human_size(m.size)}, {render.human_size(result.bytes_new)} new",
+        markup=False,
+    )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--meta")
+    return key, value
+
+
+@cli.command("ls")
+@click.option("--name", help="Only versions of this name.")
+@click.option("--kind", type=click.Choice(["model", "adapter", "merge", "checkpoint"]))
+@json_option
+@with_store
+def ls(store: Store, name: str | None, kind: str | None, as_json: bool) -> None:
+    """List the artifacts in the store."""
+    rows = registry.list_artifacts(store, name=name, kind=kind)
+    if as_json:
+        render.print_json(rows)
+    elif rows:
+        render.out.print(render.artifact_table(rows))
+    else:
+        render.err.print("the store is empty; add something with `graft add PATH`")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--tensors", is_flag=True, help="Also list every tensor.")
+@json_option
+@with_store
+def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
+    """Show one artifact (REF = NAME, NAME@N or an id prefix) with its lineage."""
+    detail = registry.show(store, ref)
+    if as_json:
+        doc = render.to_plain(detail.manifest)
+        if not tensors:
+            for f in doc["files"]:
+                f["tensors"] = len(f["tensors"])
+        doc["ancestors"] = render.to_plain(detail.ancestors)
+        doc["children"] = detail.children
+        render.print_json(doc)
+        return
+    for part in render.detail_view(detail, tensors=tensors):
+        render.out.print(part)
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@with_store
+def export(store: Store, ref: str, out_dir: Path) -> None:
+    """Write an artifact's files, byte-identical to those added, into OUT_DIR."""
+    with render.progress(f"exporting {ref}") as on_progress:
+        m = registry.export(store, ref, out_dir, on_progress)
+    render.err.print(f"exported {m.ref} ({len(m.files)} files) to {out_dir}", markup=False)
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@json_option
+@with_store
+def verify(store: Store, ref: str | None, as_json: bool) -> None:
+    """Re-hash manifests and blobs (all, or REF's); exit 3 when anything is wrong."""
+    report = registry.verify(store, ref)
+    if as_json:
+        render.print_json({"ok": report.ok, **render.to_plain(report)})
+    else:
+        for problem in report.problems:
+            render.out.print(str(problem), markup=False)
+        status = "ok" if report.ok else f"{len(report.problems)} problems"
+        render.err.print(f"verified {report.artifacts} artifacts, {report.blobs} blobs: {status}")
+    if not report.ok:
+        sys.exit(ExitCode.INTEGRITY)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@json_option
+@with_store
+def gc(store: Store, dry_run: bool, as_json: bool) -> None:
+    """Delete blobs that no artifact references."""
+    result = registry.gc(store, dry_run=dry_run)
+    if as_json:
+        render.print_json({"dry_run": dry_run, **render.to_plain(result)})
+        return
+    verb = "would remove" if dry_run else "removed"
+    render.out.print(
+        f"{verb} {result.blobs_removed} blobs ({render.human_size(result.bytes_freed)}) "
+        f"and {result.temp_files_removed} temp files",
+        markup=False,
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Remove even if other artifacts name it as parent.")
+@with_store
+def rm(store: Store, ref: str, force: bool) -> None:
+    """Unregister an artifact (its blobs are freed by `graft gc`)."""
+    m = registry.remove(store, ref, force=force)
+    render.out.print(f"removed {m.ref} ({m.id[:12]}); run `graft gc` to free its blobs", markup=False)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def reindex(ctx: click.Context, as_json: bool) -> None:
+    """Rebuild the DuckDB catalog from the manifests."""
+    store = Store.open(ctx.obj["store"], check_catalog=False)
+    indexed, damaged = registry.reindex(store)
+    if as_json:
+        render.print_json({"indexed": indexed, "damaged": damaged})
+    else:
+        render.out.print(f"indexed {indexed} artifacts", markup=False)
+    for path in damaged:
+        render.err.print(f"graft: skipped damaged manifest {path}", markup=False)
+
+
+@cli.command()
+@click.option(
+    "--samples",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder of sample artifacts [default: the bundled sample_artifacts/].",
+)
+@with_store
+def demo(store: Store, samples: Path | None) -> None:
+    """Register the bundled samples, list them, and show a fine-tune's lineage."""
+    run_demo(store, samples)
+
+
+def main() -> None:
+    cli(prog_name="graft")

@@ -1,0 +1,137 @@
+"""Terminal rendering for the CLI: tables on stdout, progress and errors on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.filesize import decimal as human_size
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.tree import Tree
+
+from registry import ArtifactDetail, ArtifactRow, Manifest
+
+# Piped output keeps whole lines instead of squeezing tables to 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    """Plain JSON on stdout (no colour codes), for scripts."""
+    print(json.dumps(to_plain(obj), indent=2))
+
+
+def to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_plain(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A byte progress bar on stderr (only when stderr is a terminal)."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def artifact_table(rows: list[ArtifactRow]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NAME", "KIND", "ID", "TENSORS", "SIZE", "METHOD", "PARENTS", "CREATED"):
+        table.add_column(column, justify="right" if column in ("TENSORS", "SIZE") else "left")
+    for r in rows:
+        table.add_row(
+            f"[bold]{r.name}[/]@{r.version}",
+            r.kind,
+            r.id[:12],
+            str(r.n_tensors),
+            human_size(r.size_bytes),
+            r.method or "",
+            ", ".join(r.parents),
+            r.created_at.replace("T", " ").removesuffix("Z"),
+        )
+    return table
+
+
+def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
+    m = detail.manifest
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("artifact", f"{m.ref}  [dim]{m.id}[/]")
+    summary.add_row("kind", m.kind)
+    summary.add_row("method", m.method or "-")
+    summary.add_row("created", m.created_at)
+    summary.add_row("source", m.source or "-")
+    summary.add_row("size", f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors")
+    for key, value in m.meta.items():
+        summary.add_row(f"meta {key}", value)
+    if detail.children:
+        summary.add_row("children", ", ".join(detail.children))
+    parts: list[Any] = [summary, "", _lineage_tree(detail), "", _files_table(m)]
+    if tensors:
+        parts += ["", _tensors_table(m)]
+    return parts
+
+
+def _lineage_tree(detail: ArtifactDetail) -> Tree:
+    tree = Tree(f"[bold]lineage[/] of {detail.manifest.ref}")
+    nodes = {0: tree}
+    for step in detail.ancestors:
+        how = step.relation + (f" by {step.method}" if step.method else "")
+        parent = nodes.get(step.depth - 1, tree)
+        nodes[step.depth] = parent.add(f"{step.ref} [dim]({step.kind}, {step.id[:12]})[/] ← {how}")
+    if not detail.ancestors:
+        tree.add("[dim]no recorded parents[/]")
+    return tree
+
+
+def _files_table(m: Manifest) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("FILE")
+    table.add_column("SIZE", justify="right")
+    table.add_column("TENSORS", justify="right")
+    for f in m.files:
+        table.add_row(f.path, human_size(f.size), str(len(f.tensors)) if f.is_safetensors else "")
+    return table
+
+
+def _tensors_table(m: Manifest) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("TENSOR", "DTYPE", "SHAPE", "SIZE", "BLOB", "FILE"):
+        table.add_column(column, justify="right" if column == "SIZE" else "left")
+    for f, t in m.tensors:
+        shape = "×".join(map(str, t.shape)) or "scalar"
+        table.add_row(t.name, t.dtype, shape, human_size(t.nbytes), t.blob[:12], f.path)
+    return table
