@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from registry.catalog import Connection, insert_manifests
-from registry.errors import ArtifactNotFound, GraftError, InvalidArtifact, PickleRefused, SourceChanged
+from registry.errors import (
+    ArtifactNotFound,
+    GraftError,
+    InvalidArtifact,
+    PickleRefused,
+    SourceChanged,
+)
 from registry.manifest import FileRecord, Kind, Manifest, Parent, Relation, TensorRecord, content_id
 from registry.safetensors_header import SafetensorsHeader, read_header
 from registry.sources import Source, scan
@@ -103,7 +109,9 @@ def _parent_id(store: Store, ref: str) -> str:
         with store.catalog.reading() as con:
             return store.resolve(con, ref)
     except ArtifactNotFound as e:
-        raise ArtifactNotFound(f"parent {ref!r} is not in the store", "add it first, or check `graft ls`") from e
+        raise ArtifactNotFound(
+            f"parent {ref!r} is not in the store", "add it first, or check `graft ls`"
+        ) from e
 
 
 def _existing(store: Store, artifact_id: str) -> Manifest | None:
@@ -117,7 +125,9 @@ def _existing(store: Store, artifact_id: str) -> Manifest | None:
 
 
 def _next_version(con: Connection, name: str) -> int:
-    row = con.execute("SELECT coalesce(max(version), 0) FROM artifacts WHERE name = ?", [name]).fetchone()
+    row = con.execute(
+        "SELECT coalesce(max(version), 0) FROM artifacts WHERE name = ?", [name]
+    ).fetchone()
     return int(row[0]) + 1 if row else 1
 
 
@@ -157,7 +167,9 @@ def _store_files(
                 "wait until whatever writes it has finished, then add again",
             ) from e
         except OSError as e:
-            raise InvalidArtifact(f"{file_path}: cannot read ({e.strerror})", "check permissions") from e
+            raise InvalidArtifact(
+                f"{file_path}: cannot read ({e.strerror})", "check permissions"
+            ) from e
         records.append(record)
         written += n
     store.blobs.sync()
@@ -202,8 +214,12 @@ def _convert_pickles(source: Source, scratch: Path) -> dict[str, SafetensorsHead
                 f"{pickle_path}: cannot load with weights_only=True ({type(e).__name__})",
                 "it holds more than tensors; convert it yourself in a trusted environment",
             ) from e
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise InvalidArtifact(f"{pickle_path}: not a flat dict of tensors", "convert it yourself")
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise InvalidArtifact(
+                f"{pickle_path}: not a flat dict of tensors", "convert it yourself"
+            )
         # safetensors refuses tensors sharing storage (tied weights): give each its own.
         tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}
         out = scratch / rel

@@ -58,7 +58,9 @@ class BlobStore:
     def has(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def hash_range(self, f: BinaryIO, offset: int, length: int, on_bytes: OnBytes = _no_progress) -> str:
+    def hash_range(
+        self, f: BinaryIO, offset: int, length: int, on_bytes: OnBytes = _no_progress
+    ) -> str:
         h = xxhash.xxh3_128()
         for chunk in _chunks(f, offset, length, self._buf):
             h.update(chunk)
@@ -106,6 +108,7 @@ class BlobStore:
             with os.fdopen(fd, "wb") as out:
                 write(out)
                 out.flush()
+                os.fchmod(out.fileno(), 0o444)  # blobs are immutable
                 os.fsync(out.fileno())
             os.replace(tmp, target)
         except BaseException:

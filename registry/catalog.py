@@ -111,7 +111,9 @@ def _migrate(con: Connection) -> None:
     for version, (name, sql) in enumerate(MIGRATIONS, start=1):
         if version > _applied(con):
             con.execute(sql)
-            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            con.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
+            )
 
 
 def _applied(con: Connection) -> int:

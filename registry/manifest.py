@@ -112,9 +112,7 @@ def parse_manifest(data: bytes) -> Manifest:
             path=f["path"],
             size=f["size"],
             blob=f["blob"],
-            tensors=tuple(
-                TensorRecord(**{**t, "shape": tuple(t["shape"])}) for t in f["tensors"]
-            ),
+            tensors=tuple(TensorRecord(**{**t, "shape": tuple(t["shape"])}) for t in f["tensors"]),
             metadata=f["metadata"],
         )
         for f in doc.pop("files")

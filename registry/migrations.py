@@ -48,7 +48,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE edges (
             child_id VARCHAR NOT NULL,
             parent_id VARCHAR NOT NULL,
-            relation VARCHAR NOT NULL,         -- finetune | adapter | merge | quantized | checkpoint
+            -- finetune | adapter | merge | quantized | checkpoint
+            relation VARCHAR NOT NULL,
             method VARCHAR
         );
         CREATE INDEX tensors_by_artifact ON tensors (artifact_id);

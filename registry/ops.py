@@ -37,7 +37,9 @@ class ArtifactRow:
         return f"{self.name}@{self.version}"
 
 
-def list_artifacts(store: Store, *, name: str | None = None, kind: str | None = None) -> list[ArtifactRow]:
+def list_artifacts(
+    store: Store, *, name: str | None = None, kind: str | None = None
+) -> list[ArtifactRow]:
     with store.catalog.reading() as con:
         rows = con.execute(
             """
@@ -48,12 +50,26 @@ def list_artifacts(store: Store, *, name: str | None = None, kind: str | None = 
             LEFT JOIN edges e ON e.child_id = a.id
             LEFT JOIN artifacts p ON p.id = e.parent_id
             WHERE (? IS NULL OR a.name = ?) AND (? IS NULL OR a.kind = ?)
-            GROUP BY a.id, a.name, a.version, a.kind, a.created_at, a.size_bytes, a.n_tensors, a.method
+            GROUP BY a.id, a.name, a.version, a.kind, a.created_at,
+                     a.size_bytes, a.n_tensors, a.method
             ORDER BY a.created_at, a.name, a.version
             """,
             [name, name, kind, kind],
         ).fetchall()
-    return [ArtifactRow(*row[:8], parents=row[8] or []) for row in rows]
+    return [
+        ArtifactRow(
+            id=r[0],
+            name=r[1],
+            version=r[2],
+            kind=r[3],
+            created_at=r[4],
+            size_bytes=r[5],
+            n_tensors=r[6],
+            method=r[7],
+            parents=r[8] or [],
+        )
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,9 @@ def verify(store: Store, ref: str | None = None) -> VerifyReport:
         store.sync_catalog(con)
         ids = [store.resolve(con, ref)] if ref else sorted(store.manifest_ids())
     problems: list[Problem] = []
-    checked: dict[str, Literal["missing", "corrupt", "wrong size"] | None] = {}  # blob → its problem, None when sound
+    checked: dict[
+        str, Literal["missing", "corrupt", "wrong size"] | None
+    ] = {}  # blob → its problem, None when sound
     for artifact_id in ids:
         try:
             manifest = store.load_manifest(artifact_id)

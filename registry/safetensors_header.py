@@ -147,12 +147,10 @@ def _parse_entry(path: Path, name: str, spec: Any) -> TensorEntry:
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise _bad(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
     offsets = spec.get("data_offsets")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(_is_count(o) for o in offsets)
-    ):
-        raise _bad(path, f"tensor {name!r}: data_offsets {offsets!r} is not two non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise _bad(
+            path, f"tensor {name!r}: data_offsets {offsets!r} is not two non-negative integers"
+        )
     begin, end = offsets
     if begin > end:
         raise _bad(path, f"tensor {name!r}: data_offsets [{begin}, {end}] are reversed")
@@ -179,7 +177,9 @@ def _check_layout(
     position = 0
     for t in ordered:
         if t.begin > position:
-            raise _bad(path, f"tensor {t.name!r}: gap of {t.begin - position} bytes before its data")
+            raise _bad(
+                path, f"tensor {t.name!r}: gap of {t.begin - position} bytes before its data"
+            )
         if t.begin < position:
             raise _bad(path, f"tensor {t.name!r}: data overlaps the previous tensor's")
         position = t.end

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import InvalidArtifact, PickleRefused
+from registry.errors import InvalidArtifact
 from registry.manifest import Kind
 from registry.safetensors_header import SafetensorsHeader, read_header
 

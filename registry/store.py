@@ -91,7 +91,9 @@ class Store:
                 f"{path}: manifest is damaged ({e})", "run `graft verify` to see what is affected"
             ) from e
         if manifest.id != artifact_id:
-            raise StoreError(f"{path}: manifest holds artifact {manifest.id[:12]}", "run `graft verify`")
+            raise StoreError(
+                f"{path}: manifest holds artifact {manifest.id[:12]}", "run `graft verify`"
+            )
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> int:
@@ -125,7 +127,9 @@ class Store:
             ).fetchone()
             if row:
                 return str(row[0])
-            raise ArtifactNotFound(f"no artifact {ref!r}", f"see `graft show {name}` for its versions")
+            raise ArtifactNotFound(
+                f"no artifact {ref!r}", f"see `graft show {name}` for its versions"
+            )
         row = con.execute(
             "SELECT id FROM artifacts WHERE name = ? ORDER BY version DESC LIMIT 1", [ref]
         ).fetchone()
@@ -140,7 +144,9 @@ class Store:
         if matches:
             which = ", ".join(f"{i[:12]} ({n}@{v})" for i, n, v in matches[:5])
             raise AmbiguousRef(f"{ref!r} matches several artifacts: {which}", "give more of the id")
-        raise ArtifactNotFound(f"no artifact matches {ref!r}", "see `graft ls` for what the store holds")
+        raise ArtifactNotFound(
+            f"no artifact matches {ref!r}", "see `graft ls` for what the store holds"
+        )
 
     def resolve_ref(self, ref: str) -> Manifest:
         with self.catalog.reading() as con:
@@ -152,13 +158,17 @@ class Store:
     @contextlib.contextmanager
     def pin_blobs(self) -> Iterator[None]:
         """Held while writing blobs a manifest will point to: `gc` waits for it."""
-        with file_lock(self.locks_dir / "gc.lock", shared=True, timeout=self.lock_timeout, what="the store"):
+        with file_lock(
+            self.locks_dir / "gc.lock", shared=True, timeout=self.lock_timeout, what="the store"
+        ):
             yield
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Held by `gc`: no add is between writing blobs and indexing them."""
-        with file_lock(self.locks_dir / "gc.lock", shared=False, timeout=self.lock_timeout, what="the store"):
+        with file_lock(
+            self.locks_dir / "gc.lock", shared=False, timeout=self.lock_timeout, what="the store"
+        ):
             yield
 
 
@@ -184,4 +194,6 @@ def _check_or_create(root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         write_atomic(marker, json.dumps(MARKER_CONTENT).encode())
     except OSError as e:
-        raise StoreError(f"{root}: cannot create a store ({e.strerror})", "check the path and permissions") from e
+        raise StoreError(
+            f"{root}: cannot create a store ({e.strerror})", "check the path and permissions"
+        ) from e

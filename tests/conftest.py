@@ -58,11 +58,15 @@ def make_model(folder: Path, *, seed: int = 0, layers: int = 2, dim: int = 16) -
     tensors = {"model.embed_tokens.weight": torch.randn(32, dim, generator=g)}
     for i in range(layers):
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[f"model.layers.{i}.self_attn.{proj}.weight"] = torch.randn(dim, dim, generator=g)
+            tensors[f"model.layers.{i}.self_attn.{proj}.weight"] = torch.randn(
+                dim, dim, generator=g
+            )
         tensors[f"model.layers.{i}.input_layernorm.weight"] = torch.ones(dim)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llama", "num_hidden_layers": layers})
+    )
     return folder
 
 

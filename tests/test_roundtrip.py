@@ -126,8 +126,18 @@ def test_identical_content_under_another_name_is_the_same_artifact(graft, tmp_pa
 
 def test_meta_parent_and_method_are_recorded(graft, tmp_path):
     graft("add", make_model(tmp_path / "base"), "--name", "base")
-    graft("add", make_model(tmp_path / "ft", seed=3), "--parent", "base", "--method", "dpo",
-          "--meta", "run=42", "--meta", "lr=1e-5")
+    graft(
+        "add",
+        make_model(tmp_path / "ft", seed=3),
+        "--parent",
+        "base",
+        "--method",
+        "dpo",
+        "--meta",
+        "run=42",
+        "--meta",
+        "lr=1e-5",
+    )
     shown = graft_json(graft, "show", "ft")
     assert shown["method"] == "dpo" and shown["meta"] == {"run": "42", "lr": "1e-5"}
     assert [(a["ref"], a["relation"]) for a in shown["ancestors"]] == [("base@1", "finetune")]

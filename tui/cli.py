@@ -78,7 +78,9 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
 @click.option("--name", help="Artifact name [default: the folder or file name].")
 @click.option("--parent", metavar="REF", help="The artifact this one was trained from.")
 @click.option("--method", help="How it was made: sft, dpo, lora, ... (free text).")
-@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable).")
+@click.option(
+    "--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable)."
+)
 @click.option(
     "--kind",
     type=click.Choice(["model", "adapter", "merge", "checkpoint"]),
@@ -152,7 +154,9 @@ def _key_value(text: str) -> tuple[str, str]:
 
 @cli.command("ls")
 @click.option("--name", help="Only versions of this name.")
-@click.option("--kind", type=click.Choice(["model", "adapter", "merge", "checkpoint"]))
+@click.option(
+    "--kind", type=click.Choice(["model", "adapter", "merge", "checkpoint"]), help="Only this kind."
+)
 @json_option
 @with_store
 def ls(store: Store, name: str | None, kind: str | None, as_json: bool) -> None:
@@ -241,7 +245,9 @@ def gc(store: Store, dry_run: bool, as_json: bool) -> None:
 def rm(store: Store, ref: str, force: bool) -> None:
     """Unregister an artifact (its blobs are freed by `graft gc`)."""
     m = registry.remove(store, ref, force=force)
-    render.out.print(f"removed {m.ref} ({m.id[:12]}); run `graft gc` to free its blobs", markup=False)
+    render.out.print(
+        f"removed {m.ref} ({m.id[:12]}); run `graft gc` to free its blobs", markup=False
+    )
 
 
 @cli.command()

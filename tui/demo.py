@@ -26,7 +26,9 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
     for folder, parent, method in PLAN:
         result = registry.add(store, samples / folder, name=folder, parent=parent, method=method)
         m = result.manifest
-        state = "already registered" if result.existed else f"{render.human_size(result.bytes_new)} new"
+        state = (
+            "already registered" if result.existed else f"{render.human_size(result.bytes_new)} new"
+        )
         render.out.print(f"[bold]$ graft add {folder}[/]  → {m.ref} ({m.kind}, {state})")
     render.out.print("\n[bold]$ graft ls[/]")
     render.out.print(render.artifact_table(registry.list_artifacts(store)))

@@ -94,7 +94,9 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
     summary.add_row("method", m.method or "-")
     summary.add_row("created", m.created_at)
     summary.add_row("source", m.source or "-")
-    summary.add_row("size", f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors")
+    summary.add_row(
+        "size", f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors"
+    )
     for key, value in m.meta.items():
         summary.add_row(f"meta {key}", value)
     if detail.children:
