@@ -1,0 +1,84 @@
+"""CLI behaviour: where the store is, what goes to stdout and stderr, progress, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import SAMPLES, graft_json
+
+GRAFT = Path(sys.executable).parent / "graft"
+
+
+def _run(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRAFT, *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_store_option_beats_env_which_beats_the_user_default(tmp_path):
+    home = tmp_path / "home"
+    base = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    sample = SAMPLES / "lora-copy"
+    assert _run("add", sample, env=base).returncode == 0
+    assert (home / ".local" / "share" / "graft" / "graft-store.json").is_file()
+
+    env = {**base, "GRAFT_STORE": str(tmp_path / "from-env")}
+    assert _run("add", sample, env=env).returncode == 0
+    assert _run("--store", tmp_path / "from-flag", "add", sample, env=env).returncode == 0
+    for store in ("from-env", "from-flag"):
+        listed = json.loads(_run("--store", tmp_path / store, "ls", "--json", env=base).stdout)
+        assert [a["name"] for a in listed] == ["lora-copy"]
+
+
+def test_json_goes_to_stdout_and_notes_to_stderr(graft):
+    result = graft("add", SAMPLES / "lora-count", "--json")
+    doc = json.loads(result.stdout)
+    assert {"id", "name", "version", "kind", "tensors", "bytes_new"} <= doc.keys()
+    assert (doc["kind"], doc["tensors"]) == ("adapter", 24)
+    assert result.stderr == ""
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """With stderr a terminal (forced), a large add draws a byte progress bar there."""
+    model = tmp_path / "big"
+    model.mkdir()
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"layers.{i}.weight": torch.randn(1024, 1024, generator=g) for i in range(48)}
+    save_file(tensors, model / "model.safetensors")  # 192 MiB: takes a few refreshes
+    env = {"PATH": os.environ["PATH"], "GRAFT_STORE": str(tmp_path / "s"), "FORCE_COLOR": "1"}
+    result = _run("add", model, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "adding big" in result.stderr
+    assert "MB" in result.stderr  # the transferred/total column
+    assert result.stdout.startswith("added big@1")
+
+
+def test_demo_registers_lists_and_shows_lineage(graft):
+    out = graft("demo").stdout
+    assert "$ graft ls" in out and "$ graft show tiny-llama-sft" in out
+    assert "tiny-llama@1 (model" in out and "finetune by sft" in out
+    listed = graft_json(graft, "ls")
+    assert sorted((a["name"], a["parents"]) for a in listed) == [
+        ("lora-copy", ["tiny-llama@1"]),
+        ("lora-count", ["tiny-llama@1"]),
+        ("lora-reverse", ["tiny-llama@1"]),
+        ("tiny-llama", []),
+        ("tiny-llama-sft", ["tiny-llama@1"]),
+    ]
+    again = graft("demo").stdout  # idempotent: nothing new
+    assert again.count("already registered") == 5
+    assert len(graft_json(graft, "ls")) == 5
+
+
+def test_show_tensors_lists_every_tensor(graft):
+    graft("add", SAMPLES / "lora-copy")
+    out = graft("show", "lora-copy", "--tensors").stdout
+    for line in ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "F32", "4×64"):
+        assert line in out
+    doc = graft_json(graft, "show", "lora-copy", "--tensors")
+    assert len(doc["files"][-1]["tensors"]) == 16
