@@ -126,10 +126,14 @@ def _parse_json(path: Path, raw: bytes) -> tuple[list[TensorEntry], dict[str, st
         obj = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise _bad(path, f"header is not valid JSON ({e.msg} at char {e.pos})") from e
+    except ValueError as e:  # e.g. an integer past Python's digit limit
+        raise _bad(path, f"header is not valid JSON ({e})") from e
     if not isinstance(obj, dict):
         raise _bad(path, f"header is a JSON {type(obj).__name__}, not an object")
 
-    metadata = obj.pop("__metadata__", None) or {}
+    metadata = obj.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -141,7 +145,7 @@ def _parse_entry(path: Path, name: str, spec: Any) -> TensorEntry:
     if not isinstance(spec, dict):
         raise _bad(path, f"tensor {name!r}: entry is not an object")
     dtype = spec.get("dtype")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise _bad(path, f"tensor {name!r}: unknown dtype {dtype!r}")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
@@ -155,10 +159,11 @@ def _parse_entry(path: Path, name: str, spec: Any) -> TensorEntry:
     if begin > end:
         raise _bad(path, f"tensor {name!r}: data_offsets [{begin}, {end}] are reversed")
     bits = math.prod(shape) * DTYPE_BITS[dtype]
-    if bits % 8 or bits // 8 != end - begin:
+    if bits != 8 * (end - begin):
+        need = f"{bits // 8} bytes" if bits % 8 == 0 else f"{bits} bits"
         raise _bad(
             path,
-            f"tensor {name!r}: shape {shape} of {dtype} needs {bits / 8:g} bytes "
+            f"tensor {name!r}: shape {shape} of {dtype} needs {need} "
             f"but data_offsets span {end - begin}",
         )
     return TensorEntry(name, dtype, tuple(shape), begin, end)

@@ -150,10 +150,16 @@ def _check_index(
     for index_name in [n for n in companions if n.endswith(".safetensors.index.json")]:
         path = companions[index_name]
         _check_json(path)
-        weight_map = json.loads(path.read_text()).get("weight_map")
+        index = json.loads(path.read_text())
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise InvalidArtifact(f"{path}: no weight_map object", "fix or regenerate the index")
         for tensor, shard in sorted(weight_map.items()):
+            if not isinstance(shard, str):
+                raise InvalidArtifact(
+                    f"{path}: weight_map entry of tensor {tensor!r} is not a file name",
+                    "fix or regenerate the index",
+                )
             if shard not in weights:
                 raise InvalidArtifact(
                     f"{path}: shard {shard!r} (for tensor {tensor!r}) is not in {folder}",

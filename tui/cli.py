@@ -26,7 +26,7 @@ class GraftGroup(click.Group):
         except GraftError as e:
             if debug:
                 raise
-            render.err.print(f"[red]graft: error:[/] {e}", markup=True, highlight=False)
+            render.error(f"graft: error: {e}")
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             render.err.print("graft: interrupted")
@@ -36,9 +36,8 @@ class GraftGroup(click.Group):
         except Exception as e:
             if debug:
                 raise
-            render.err.print(
-                f"graft: internal error: {type(e).__name__}: {e} (re-run with --debug for details)",
-                markup=False,
+            render.error(
+                f"graft: internal error: {type(e).__name__}: {e} (re-run with --debug for details)"
             )
             ctx.exit(ExitCode.ERROR)
 

@@ -29,6 +29,12 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def error(message: str) -> None:
+    """One red line on stderr; control characters in names are shown escaped."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    err.print(line, style="red", markup=False, highlight=False)
+
+
 def print_json(obj: Any) -> None:
     """Plain JSON on stdout (no colour codes), for scripts."""
     print(json.dumps(to_plain(obj), indent=2))
