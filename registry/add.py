@@ -79,8 +79,8 @@ def add(
         files, bytes_new = _store_files(store, source, weights, on_progress)
         artifact_id = content_id(files)
         existing = _existing(store, artifact_id)
-        if existing:
-            return AddResult(existing, 0, True, source.skipped)
+        if existing and _indexed(store, artifact_id):  # the common re-add: no write lock
+            return AddResult(existing, bytes_new, True, source.skipped)
         with store.catalog.writing() as con:
             store.sync_catalog(con)
             existing = _existing(store, artifact_id)
@@ -122,6 +122,11 @@ def _existing(store: Store, artifact_id: str) -> Manifest | None:
         return store.load_manifest(artifact_id)
     except GraftError:
         return None  # damaged: write it anew
+
+
+def _indexed(store: Store, artifact_id: str) -> bool:
+    with store.catalog.reading() as con:
+        return bool(con.execute("SELECT 1 FROM artifacts WHERE id = ?", [artifact_id]).fetchone())
 
 
 def _next_version(con: Connection, name: str) -> int:

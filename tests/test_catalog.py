@@ -162,3 +162,13 @@ def test_catalog_is_plain_duckdb(graft, store: Store):
     con = duckdb.connect(str(store.catalog.path), read_only=True)
     assert con.execute("SELECT count(*) FROM artifacts").fetchone() == (3,)
     con.close()
+
+
+def test_readding_an_unindexed_artifact_indexes_it(graft, store: Store):
+    """Killed after its manifest was written, an add that is re-run completes the index."""
+    graft("add", SAMPLES / "lora-copy")
+    with store.catalog.writing() as con:
+        con.execute("DELETE FROM tensors; DELETE FROM files; DELETE FROM artifacts")
+    again = graft_json(graft, "add", SAMPLES / "lora-copy")
+    assert again["existed"] and again["bytes_new"] == 0
+    assert [a["name"] for a in graft_json(graft, "ls")] == ["lora-copy"]
