@@ -142,6 +142,7 @@ def _store_files(
     weights: dict[str, SafetensorsHeader],
     on_progress: OnProgress | None,
 ) -> tuple[tuple[FileRecord, ...], int]:
+    """Stream every file into blobs; publish them all (`blobs.sync`) or none."""
     plan: dict[str, Path | SafetensorsHeader] = {**source.companions, **weights}
     total = sum(os.path.getsize(_path_of(p)) for p in plan.values())
     done = 0
@@ -153,32 +154,58 @@ def _store_files(
             on_progress(done, total)
 
     records, written = [], 0
-    for rel in sorted(plan):
-        item = plan[rel]
-        file_path = _path_of(item)
-        try:
-            with open(file_path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if isinstance(item, SafetensorsHeader):
-                    record, n = _store_safetensors(store, rel, item, f, size, on_bytes)
-                else:
-                    blob, n = store.blobs.put_range(f, 0, size, on_bytes)
-                    record = FileRecord(path=rel, size=size, blob=blob)
-                if os.fstat(f.fileno()).st_size != size:
-                    raise EOFError("size changed")
-        except EOFError as e:
-            raise SourceChanged(
-                f"{file_path}: changed while being added ({e})",
-                "wait until whatever writes it has finished, then add again",
-            ) from e
-        except OSError as e:
-            raise InvalidArtifact(
-                f"{file_path}: cannot read ({e.strerror})", "check permissions"
-            ) from e
-        records.append(record)
-        written += n
-    store.blobs.sync()
+    try:
+        for rel in sorted(plan):
+            cacheable = rel not in source.pickles  # converted files live in scratch
+            record, n = _store_file(store, rel, plan[rel], on_bytes, cacheable=cacheable)
+            records.append(record)
+            written += n
+        store.blobs.sync()
+    except BaseException:
+        store.blobs.discard()
+        raise
     return tuple(records), written
+
+
+def _store_file(
+    store: Store,
+    rel: str,
+    item: Path | SafetensorsHeader,
+    on_bytes: Callable[[int], None],
+    *,
+    cacheable: bool,
+) -> tuple[FileRecord, int]:
+    file_path = _path_of(item)
+    try:
+        with open(file_path, "rb") as f:
+            st = os.fstat(f.fileno())
+            cached = store.stat_cache.get(file_path, st, rel) if cacheable else None
+            if cached:
+                on_bytes(st.st_size)
+                return cached, 0
+            if isinstance(item, SafetensorsHeader):
+                record, n = _store_safetensors(store, rel, item, f, st.st_size, on_bytes)
+            else:
+                blob, n = store.blobs.put_range(f, 0, st.st_size, on_bytes)
+                record = FileRecord(path=rel, size=st.st_size, blob=blob)
+            if _identity(os.fstat(f.fileno())) != _identity(st):
+                raise EOFError("modified during the add")
+    except EOFError as e:
+        raise SourceChanged(
+            f"{file_path}: changed while being added ({e})",
+            "wait until whatever writes it has finished, then add again",
+        ) from e
+    except OSError as e:
+        raise InvalidArtifact(
+            f"{file_path}: cannot read ({e.strerror})", "check permissions"
+        ) from e
+    if cacheable:
+        store.stat_cache.put(file_path, st, record)
+    return record, n
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _path_of(item: Path | SafetensorsHeader) -> Path:

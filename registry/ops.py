@@ -267,6 +267,7 @@ def gc(store: Store, *, dry_run: bool = False) -> GcResult:
                     store.blobs.delete(key)
         temps = list(store.tmp_dir.iterdir())
         if not dry_run:
+            store.stat_cache.clear()  # it may name blobs just deleted
             for p in temps:
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)

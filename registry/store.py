@@ -6,6 +6,7 @@ Layout of a store folder::
     blobs/ab/cdef...      content-addressed bytes, key = xxh3-128 hex
     manifests/<id>.json   one immutable manifest per artifact
     catalog.duckdb        the index, rebuilt by `graft reindex`
+    cache/                what each added file hashed to (skips re-hashing it)
     locks/                flock files (catalog, gc)
     tmp/                  temp files, renamed into blobs/ when complete
 
@@ -28,6 +29,7 @@ from registry.catalog import Catalog, Connection, delete_artifacts, insert_manif
 from registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
 from registry.fsutil import file_lock, write_atomic
 from registry.manifest import Manifest, parse_manifest
+from registry.statcache import StatCache
 
 MARKER = "graft-store.json"
 MARKER_CONTENT = {"graft_store": 1}
@@ -47,6 +49,7 @@ class Store:
         self.tmp_dir = root / "tmp"
         self.locks_dir = root / "locks"
         self.blobs = BlobStore(root / "blobs", self.tmp_dir)
+        self.stat_cache = StatCache(root / "cache", self.tmp_dir, self.blobs)
         timeout = float(os.environ.get("GRAFT_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         self.lock_timeout = timeout
         self.catalog = Catalog(root / "catalog.duckdb", self.locks_dir / "catalog.lock", timeout)
@@ -61,7 +64,13 @@ class Store:
         root = root.expanduser().absolute()
         _check_or_create(root)
         store = cls(root)
-        for d in (store.blobs.root, store.manifests_dir, store.tmp_dir, store.locks_dir):
+        for d in (
+            store.blobs.root,
+            store.manifests_dir,
+            store.tmp_dir,
+            store.locks_dir,
+            store.stat_cache.root,
+        ):
             d.mkdir(exist_ok=True)
         if check_catalog and not store.catalog.up_to_date:
             store.catalog.migrate()
@@ -184,8 +193,13 @@ def _check_or_create(root: Path) -> None:
         if not ok:
             raise StoreError(f"{marker} is not a graft store marker", "check the --store path")
         return
-    # Ignore another process's half-written marker: it is creating this store too.
-    if root.exists() and any(not p.name.startswith(".tmp-") for p in root.iterdir()):
+    # Ignore another process's half-written marker: it is creating this store too;
+    # and look for the marker again, which that process may have just renamed in.
+    if (
+        root.exists()
+        and any(not p.name.startswith(".tmp-") for p in root.iterdir())
+        and not marker.is_file()
+    ):
         raise StoreError(
             f"{root} is not a graft store (no {MARKER}) and is not empty",
             "pass an empty or new folder to --store / GRAFT_STORE",
