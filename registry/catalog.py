@@ -9,6 +9,7 @@ its results, not its connection, never blocks an add.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ class Catalog:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
-        with file_lock(self.lock_path, shared=True, timeout=self.timeout, what="the catalog"):
+        with self._lock(shared=True):
             con = self._connect(read_only=True)
             try:
                 yield con
@@ -47,7 +48,7 @@ class Catalog:
     @contextlib.contextmanager
     def writing(self) -> Iterator[Connection]:
         """An exclusive connection inside one transaction, committed on success."""
-        with file_lock(self.lock_path, shared=False, timeout=self.timeout, what="the catalog"):
+        with self._lock(shared=False):
             con = self._connect(read_only=False)
             try:
                 con.begin()
@@ -55,6 +56,25 @@ class Catalog:
                 con.commit()
             finally:
                 con.close()
+
+    @contextlib.contextmanager
+    def _lock(self, *, shared: bool) -> Iterator[None]:
+        """Readers share the catalog lock, a writer excludes everyone.
+
+        A writer first takes the intent lock and holds it while it waits, and a
+        reader passes through the intent lock (shared) on its way in, so new
+        readers queue behind a waiting writer instead of starving it.
+        """
+        intent = self.lock_path.with_suffix(".intent")
+        lock = functools.partial(file_lock, timeout=self.timeout, what="the catalog")
+        if shared:
+            with contextlib.ExitStack() as held:
+                with lock(intent, shared=True):
+                    held.enter_context(lock(self.lock_path, shared=True))
+                yield
+        else:
+            with lock(intent, shared=False), lock(self.lock_path, shared=False):
+                yield
 
     def _connect(self, *, read_only: bool) -> Connection:
         try:
@@ -78,7 +98,7 @@ class Catalog:
     def rebuild(self, fill: Callable[[Connection], None]) -> None:
         """Empty every table and refill it, in one transaction; a catalog that
         no longer opens is moved aside (``catalog.duckdb.broken-<time>``) first."""
-        with file_lock(self.lock_path, shared=False, timeout=self.timeout, what="the catalog"):
+        with self._lock(shared=False):
             try:
                 con = self._connect(read_only=False)
             except StoreError:

@@ -39,6 +39,7 @@ def atomic_writer(target: Path, tmp_dir: Path | None = None) -> Iterator[BinaryI
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared store
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
