@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from registry.blobs import BlobStore
 from registry.errors import GraftError, StoreError
@@ -220,6 +219,8 @@ def delete_artifacts(con: Connection, ids: list[str]) -> None:
 def _bulk_insert(con: Connection, table: str, rows: list[dict]) -> None:
     if not rows:
         return
+    import pyarrow as pa  # ~0.1 s to import, and only writes need it
+
     batch = pa.Table.from_pylist(rows)  # noqa: F841 - read by DuckDB by name
     columns = ", ".join(rows[0])
     con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM batch")
