@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -22,9 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 import registry
+from tests.procs import GRAFT, TIMEOUT, blob_files, graft_env, graft_ok, listed, sha256_files
 
-GRAFT = Path(sys.executable).parent / "graft"
-TIMEOUT = 120  # seconds any one graft process may take
 COLUMNS = 1024
 ROWS = 256  # float32: 1 MiB a tensor
 SHARED = "model.embed_tokens.weight"  # identical bytes in every generated model
@@ -32,25 +30,6 @@ CONFIG = {"model_type": "llama", "hidden_size": COLUMNS, "num_hidden_layers": 3}
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def graft_env(store: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "GRAFT_LOCK_TIMEOUT"}
-    return {**env, "GRAFT_STORE": str(store), **extra}
-
-
-def graft_ok(store: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(GRAFT), *map(str, args)],
-        env=graft_env(store),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, f"graft {' '.join(map(str, args))}: {result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 def start(store: Path, *args: str | Path, **env: str) -> subprocess.Popen[str]:
@@ -80,21 +59,9 @@ def finish_ok(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def listed(store: Path) -> list[dict]:
-    return json.loads(graft_ok(store, "ls", "--json").stdout)
-
-
-def sha256_tree(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
 def assert_exports_identical(store: Path, ref: str, original: Path, out: Path) -> None:
     graft_ok(store, "export", ref, out)
-    assert sha256_tree(out) == sha256_tree(original), ref
-
-
-def blob_files(store: Path) -> list[Path]:
-    return sorted((store / "blobs").glob("*/*"))
+    assert sha256_files(out) == sha256_files(original), ref
 
 
 def contents(folder: Path) -> set[str]:

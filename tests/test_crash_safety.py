@@ -15,7 +15,6 @@ byte-identical to the originals.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import random
@@ -33,9 +32,8 @@ import xxhash
 from safetensors.torch import save_file
 
 import registry
+from tests.procs import GRAFT, TIMEOUT, blob_files, graft, graft_env, graft_ok, listed, sha256_files
 
-GRAFT = Path(sys.executable).parent / "graft"
-TIMEOUT = 120  # seconds any one graft process may take
 SHARDS = 2
 TENSORS_PER_SHARD = 20
 COLUMNS = 1024
@@ -46,60 +44,16 @@ SEED = 20240611
 # -- helpers ------------------------------------------------------------------
 
 
-def graft_env(store: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "GRAFT_LOCK_TIMEOUT"}
-    return {**env, "GRAFT_STORE": str(store), **extra}
-
-
-def graft(store: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run `graft ARGS` on `store` to completion."""
-    return subprocess.run(
-        [str(GRAFT), *map(str, args)],
-        env=graft_env(store),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
-def graft_ok(store: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    result = graft(store, *args)
-    assert result.returncode == 0, f"graft {' '.join(map(str, args))}: {result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
-def listed(store: Path) -> list[dict]:
-    return json.loads(graft_ok(store, "ls", "--json").stdout)
-
-
-def sha256_tree(folder: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(folder.iterdir()):
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        out[p.name] = h.hexdigest()
-    return out
-
-
 @functools.cache
 def original_hashes(folder: Path) -> dict[str, str]:
     """The sources' digests, taken once: the tests never change a source."""
-    return sha256_tree(folder)
+    return sha256_files(folder)
 
 
 def assert_exports_identical(store: Path, ref: str, original: Path, out: Path) -> None:
     graft_ok(store, "export", ref, out)
-    assert sha256_tree(out) == original_hashes(original)
+    assert sha256_files(out) == original_hashes(original)
     shutil.rmtree(out)
-
-
-def blob_files(store: Path) -> list[Path]:
-    blobs = store / "blobs"
-    return sorted(p for p in blobs.glob("*/*")) if blobs.is_dir() else []
 
 
 def assert_blobs_complete(store: Path) -> None:
