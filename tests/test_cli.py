@@ -82,3 +82,11 @@ def test_show_tensors_lists_every_tensor(graft):
         assert line in out
     doc = graft_json(graft, "show", "lora-copy", "--tensors")
     assert len(doc["files"][-1]["tensors"]) == 16
+
+
+def test_readd_with_new_options_says_they_were_not_applied(graft):
+    graft("add", SAMPLES / "lora-copy")
+    result = graft("add", SAMPLES / "lora-copy", "--name", "other", "--method", "dpo")
+    assert result.stdout.startswith("already registered as lora-copy@1")
+    assert "--name, --parent, --method and --meta were not applied" in result.stderr
+    assert graft_json(graft, "show", "lora-copy")["method"] is None

@@ -120,6 +120,12 @@ def add(
     m = result.manifest
     for note in result.skipped:
         render.err.print(f"graft: skipped {note}", markup=False)
+    if result.existed and (name or parent or method or pairs):
+        render.err.print(
+            f"graft: identical content is already registered as {m.ref}; "
+            "--name, --parent, --method and --meta were not applied",
+            markup=False,
+        )
     if as_json:
         render.print_json(
             {
