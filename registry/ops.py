@@ -85,10 +85,20 @@ class LineageStep:
 
 
 @dataclass(frozen=True)
+class SharedTensors:
+    """How many of the artifact's tensors are a parent's, byte for byte (same blob)."""
+
+    parent: str  # NAME@N
+    tensors: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class ArtifactDetail:
     manifest: Manifest
     ancestors: list[LineageStep]
     children: list[str]  # NAME@N of each direct child
+    shared: list[SharedTensors]  # one per direct parent
 
 
 def show(store: Store, ref: str) -> ArtifactDetail:
@@ -112,7 +122,23 @@ def show(store: Store, ref: str) -> ArtifactDetail:
             ).fetchall()
         ]
         children = _children(con, artifact_id)
-    return ArtifactDetail(store.load_manifest(artifact_id), ancestors, children)
+        shared = [
+            SharedTensors(*row)
+            for row in con.execute(
+                """
+                SELECT p.name || '@' || p.version, count(pt.blob), coalesce(sum(pt.nbytes), 0)
+                FROM edges e
+                JOIN artifacts p ON p.id = e.parent_id
+                JOIN tensors t ON t.artifact_id = e.child_id
+                LEFT JOIN tensors pt
+                    ON pt.artifact_id = e.parent_id AND pt.name = t.name AND pt.blob = t.blob
+                WHERE e.child_id = ?
+                GROUP BY 1 ORDER BY 1
+                """,
+                [artifact_id],
+            ).fetchall()
+        ]
+    return ArtifactDetail(store.load_manifest(artifact_id), ancestors, children, shared)
 
 
 def export(

@@ -62,6 +62,11 @@ def test_demo_registers_lists_and_shows_lineage(graft):
     out = graft("demo").stdout
     assert "$ graft ls" in out and "$ graft show tiny-llama-sft" in out
     assert "tiny-llama@1 (model" in out and "finetune by sft" in out
+    assert "21 of 39 tensors (" in out and "are tiny-llama@1's, stored once" in out
+    shared = graft_json(graft, "show", "tiny-llama-sft")["shared"]
+    assert shared == [{"parent": "tiny-llama@1", "tensors": 21, "nbytes": shared[0]["nbytes"]}]
+    assert 0 < shared[0]["nbytes"] < 809_000
+    assert graft_json(graft, "show", "lora-copy")["shared"][0]["tensors"] == 0
     listed = graft_json(graft, "ls")
     assert sorted((a["name"], a["parents"]) for a in listed) == [
         ("lora-copy", ["tiny-llama@1"]),

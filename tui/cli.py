@@ -190,6 +190,7 @@ def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
                 f["tensors"] = len(f["tensors"])
         doc["ancestors"] = render.to_plain(detail.ancestors)
         doc["children"] = detail.children
+        doc["shared"] = render.to_plain(detail.shared)
         render.print_json(doc)
         return
     for part in render.detail_view(detail, tensors=tensors):

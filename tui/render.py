@@ -105,6 +105,12 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
     )
     for key, value in m.meta.items():
         summary.add_row(f"meta {key}", value)
+    for s in detail.shared:
+        summary.add_row(
+            "shared",
+            f"{s.tensors} of {len(m.tensors)} tensors ({human_size(s.nbytes)}) are {s.parent}'s,"
+            " stored once",
+        )
     if detail.children:
         summary.add_row("children", ", ".join(detail.children))
     parts: list[Any] = [summary, "", _lineage_tree(detail), "", _files_table(m)]
