@@ -1,1 +1,31 @@
-"""Lineage: edges between artifacts and what each method touched (being built)."""
+"""Lineage: where artifacts came from and which layers each one changed.
+
+Computing deltas needs torch (`lineage.deltas`); importing this package does not.
+"""
+
+from lineage.log import LogEntry, log
+from lineage.names import AdapterKey, Place, adapter_key, place_of
+from lineage.record import ensure_deltas
+from lineage.register import register
+from lineage.sql import QueryResult, SqlError, export_catalog, run_sql
+from lineage.touched import MethodTouches, Touch, TouchCell, touched, touched_by_method
+
+__all__ = [
+    "AdapterKey",
+    "LogEntry",
+    "MethodTouches",
+    "Place",
+    "QueryResult",
+    "SqlError",
+    "Touch",
+    "TouchCell",
+    "adapter_key",
+    "ensure_deltas",
+    "export_catalog",
+    "log",
+    "place_of",
+    "register",
+    "run_sql",
+    "touched",
+    "touched_by_method",
+]
