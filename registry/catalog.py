@@ -36,9 +36,11 @@ class Catalog:
         self.timeout = timeout
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[Connection]:
+    def reading(self, *, sandboxed: bool = False) -> Iterator[Connection]:
+        """A read-only connection; `sandboxed` also denies it any file or network
+        access beyond the catalog (for users' own SQL)."""
         with self._lock(shared=True):
-            con = self._connect(read_only=True)
+            con = self._connect(read_only=True, sandboxed=sandboxed)
             try:
                 yield con
             finally:
@@ -75,9 +77,12 @@ class Catalog:
             with lock(intent, shared=False), lock(self.lock_path, shared=False):
                 yield
 
-    def _connect(self, *, read_only: bool) -> Connection:
+    def _connect(self, *, read_only: bool, sandboxed: bool = False) -> Connection:
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {"enable_external_access": False} if sandboxed else {}
+        )
         try:
-            return duckdb.connect(str(self.path), read_only=read_only)
+            return duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as e:
             raise StoreError(
                 f"{self.path}: cannot open the catalog ({e})",
@@ -112,6 +117,11 @@ class Catalog:
                 for table in ("tensors", "files", "edges", "artifacts"):
                     con.execute(f"DELETE FROM {table}")
                 fill(con)
+                for table in ("tensor_deltas", "delta_pairs"):  # derived: keep what still applies
+                    con.execute(
+                        f"DELETE FROM {table} WHERE child_id NOT IN (SELECT id FROM artifacts) "
+                        "OR parent_id NOT IN (SELECT id FROM artifacts)"
+                    )
                 con.commit()
             finally:
                 con.close()
@@ -196,10 +206,10 @@ def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStor
             edges.append(
                 {"child_id": m.id, "parent_id": p.id, "relation": p.relation, "method": m.method}
             )
-    _bulk_insert(con, "artifacts", artifacts)
-    _bulk_insert(con, "files", files)
-    _bulk_insert(con, "tensors", tensors)
-    _bulk_insert(con, "edges", edges)
+    bulk_insert(con, "artifacts", artifacts)
+    bulk_insert(con, "files", files)
+    bulk_insert(con, "tensors", tensors)
+    bulk_insert(con, "edges", edges)
 
 
 def delete_artifacts(con: Connection, ids: list[str]) -> None:
@@ -210,13 +220,17 @@ def delete_artifacts(con: Connection, ids: list[str]) -> None:
         ("tensors", "artifact_id"),
         ("files", "artifact_id"),
         ("edges", "child_id"),
+        ("tensor_deltas", "child_id"),
+        ("tensor_deltas", "parent_id"),
+        ("delta_pairs", "child_id"),
+        ("delta_pairs", "parent_id"),
         ("artifacts", "id"),
     ):
         con.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM gone)")
     con.execute("DROP TABLE gone")
 
 
-def _bulk_insert(con: Connection, table: str, rows: list[dict]) -> None:
+def bulk_insert(con: Connection, table: str, rows: list[dict]) -> None:
     if not rows:
         return
     import pyarrow as pa  # ~0.1 s to import, and only writes need it

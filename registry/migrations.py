@@ -56,6 +56,61 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX tensors_by_blob ON tensors (blob);
         """,
     ),
+    (
+        "0002_tensor_deltas",
+        """
+        -- What each artifact changed against each parent, per base tensor. A
+        -- cache of a computation over blobs: graft fills it at registration
+        -- and whenever a query finds a pair missing (`delta_pairs`).
+        CREATE TABLE tensor_deltas (
+            child_id VARCHAR NOT NULL,
+            parent_id VARCHAR NOT NULL,
+            tensor VARCHAR NOT NULL,           -- the base model's tensor name
+            status VARCHAR NOT NULL,           -- identical | changed | reshaped | added | removed
+            layer INTEGER,                     -- NULL outside the layer stack
+            block VARCHAR NOT NULL,            -- embedding | attention | mlp | norm | head | other
+            module VARCHAR NOT NULL,           -- q_proj, down_proj, c_attn, ...
+            frac_changed DOUBLE,               -- fraction of elements that changed
+            rel_change DOUBLE,                 -- ||W - W_parent||_F / ||W_parent||_F
+            max_abs DOUBLE,                    -- max |W - W_parent|
+            delta_norm DOUBLE,                 -- ||W - W_parent||_F
+            rank INTEGER,                      -- exact rank of an adapter's s*B*A
+            stable_rank DOUBLE,                -- ||dW||_F^2 / ||dW||_2^2 (2-D tensors)
+            old_shape BIGINT[],
+            new_shape BIGINT[]
+        );
+        CREATE TABLE delta_pairs (
+            child_id VARCHAR NOT NULL,
+            parent_id VARCHAR NOT NULL,
+            computed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE INDEX tensor_deltas_by_child ON tensor_deltas (child_id);
+        """,
+    ),
+    (
+        "0003_lineage_views",
+        """
+        -- Every (artifact, ancestor) pair, with the distance and the last step's relation.
+        CREATE VIEW artifact_lineage AS
+        WITH RECURSIVE walk(artifact_id, ancestor_id, depth, relation, method) AS (
+            SELECT child_id, parent_id, 1, relation, method FROM edges
+            UNION ALL
+            SELECT w.artifact_id, e.parent_id, w.depth + 1, e.relation, e.method
+            FROM walk w JOIN edges e ON e.child_id = w.ancestor_id
+            WHERE w.depth < 1000
+        )
+        SELECT * FROM walk;
+        -- Per artifact, parent, layer and module: how many tensors changed and how much.
+        CREATE VIEW layer_touch AS
+        SELECT d.child_id AS artifact_id, a.name, a.version, a.method, d.parent_id,
+               d.layer, d.block, d.module, count(*) AS tensors,
+               max(d.rel_change) AS max_rel_change, avg(d.rel_change) AS mean_rel_change,
+               min(d.stable_rank) AS min_stable_rank
+        FROM tensor_deltas d JOIN artifacts a ON a.id = d.child_id
+        WHERE d.status <> 'identical'
+        GROUP BY ALL;
+        """,
+    ),
 )
 
 LATEST = len(MIGRATIONS)

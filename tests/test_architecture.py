@@ -64,3 +64,12 @@ def test_usage_error_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == ExitCode.USAGE
     assert "Traceback" not in result.stderr and "Missing argument 'PATH'" in result.stderr
+
+
+def test_the_cli_starts_without_importing_torch():
+    """torch costs a second per command; only computing deltas or pickles needs it."""
+    code = "import sys, tui.cli, lineage; print('torch' in sys.modules)"
+    assert (
+        subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip()
+        == "False"
+    )

@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
+import lineage
 import registry
 from registry import ExitCode, GraftError, Store
-from tui import render
+from tui import lineage_views, render
 from tui.demo import run_demo
 
 
@@ -103,12 +104,15 @@ def add(
     allow_pickle: bool,
     as_json: bool,
 ) -> None:
-    """Register a safetensors file, model, adapter or checkpoint folder."""
+    """Register a safetensors file, model, adapter or checkpoint folder.
+
+    With a parent, it also records which tensors changed against it (`graft touched`).
+    """
     pairs = dict(_key_value(m) for m in meta)
     with render.progress(f"adding {path.name}") as on_progress:
-        result = registry.add(
-            store,
+        result = lineage.register(
             path,
+            store=store,
             name=name,
             parent=parent,
             method=method,
@@ -198,6 +202,52 @@ def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("ref", required=False)
+@click.option("--method", help="Aggregate over every artifact made by this method instead.")
+@click.option("--grid/--no-grid", default=True, help="Also draw the layers × modules grid.")
+@json_option
+@with_store
+def touched(store: Store, ref: str | None, method: str | None, grid: bool, as_json: bool) -> None:
+    """Which layers and modules REF changed against its parent(s), and by how much."""
+    if (ref is None) == (method is None):
+        raise click.UsageError("give either REF or --method M")
+    if method:
+        by_method = lineage.touched_by_method(store, method)
+        if as_json:
+            render.print_json(by_method)
+        else:
+            render.out.print(lineage_views.method_grid(by_method))
+            render.out.print("artifacts: " + ", ".join(by_method.artifacts), markup=False)
+        return
+    assert ref is not None
+    touches = lineage.touched(store, ref)
+    if as_json:
+        render.print_json(touches)
+        return
+    if not touches:
+        render.err.print(f"{ref} changed nothing against its parents (or has none recorded)")
+        return
+    render.out.print(lineage_views.touched_table(touches))
+    if grid:
+        render.out.print()
+        render.out.print(lineage_views.touched_grid(touches, f"largest relative change in {ref}"))
+
+
+@cli.command("log")
+@click.argument("ref")
+@click.option("--children", is_flag=True, help="Show descendants instead of ancestors.")
+@json_option
+@with_store
+def log_(store: Store, ref: str, children: bool, as_json: bool) -> None:
+    """The ancestry tree of REF: each parent with its relation and method."""
+    me, entries = lineage.log(store, ref, children=children)
+    if as_json:
+        render.print_json(entries)
+    else:
+        render.out.print(lineage_views.log_tree(me, entries, children=children))
+
+
+@cli.command()
 @click.argument("ref")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @with_store
@@ -224,6 +274,34 @@ def verify(store: Store, ref: str | None, as_json: bool) -> None:
         render.err.print(f"verified {report.artifacts} artifacts, {report.blobs} blobs: {status}")
     if not report.ok:
         sys.exit(ExitCode.INTEGRITY)
+
+
+@cli.command()
+@click.argument("query")
+@json_option
+@with_store
+def sql(store: Store, query: str, as_json: bool) -> None:
+    """Run a read-only SQL query on the catalog (tables and views in the README)."""
+    result = lineage.run_sql(store, query)
+    if as_json:
+        render.print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
+    else:
+        render.out.print(render.rows_table(result.columns, result.rows))
+
+
+@cli.command("export-catalog")
+@click.option(
+    "--parquet",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder to write one <table>.parquet per catalog table into.",
+)
+@with_store
+def export_catalog(store: Store, out_dir: Path) -> None:
+    """Write every catalog table as Parquet, for pandas, Polars, Spark, ..."""
+    for path in lineage.export_catalog(store, out_dir):
+        render.out.print(str(path), markup=False)
 
 
 @cli.command()

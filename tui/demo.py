@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lineage
 import registry
 from registry import Store
 from tui import render
@@ -24,7 +25,9 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
     samples = samples or SAMPLES
     render.err.print(f"store: {store.root}", markup=False)
     for folder, parent, method in PLAN:
-        result = registry.add(store, samples / folder, name=folder, parent=parent, method=method)
+        result = lineage.register(
+            samples / folder, store=store, name=folder, parent=parent, method=method
+        )
         m = result.manifest
         state = (
             "already registered" if result.existed else f"{render.human_size(result.bytes_new)} new"

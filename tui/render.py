@@ -37,7 +37,7 @@ def error(message: str) -> None:
 
 def print_json(obj: Any) -> None:
     """Plain JSON on stdout (no colour codes), for scripts."""
-    print(json.dumps(to_plain(obj), indent=2))
+    print(json.dumps(to_plain(obj), indent=2, default=str))  # str: timestamps, decimals
 
 
 def to_plain(obj: Any) -> Any:
@@ -70,6 +70,15 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
     with bar:
         yield update
+
+
+def rows_table(columns: list[str], rows: list[tuple[Any, ...]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    return table
 
 
 def artifact_table(rows: list[ArtifactRow]) -> Table:

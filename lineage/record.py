@@ -1,0 +1,65 @@
+"""Compute deltas once and keep them in the catalog's `tensor_deltas` table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from registry import Store
+from registry.catalog import bulk_insert
+
+
+def missing_pairs(store: Store, artifact_ids: list[str]) -> list[tuple[str, str]]:
+    """(child, parent) edges among `artifact_ids` whose deltas are not computed yet."""
+    with store.catalog.reading() as con:
+        rows = con.execute(
+            """
+            SELECT e.child_id, e.parent_id FROM edges e
+            WHERE e.child_id IN (SELECT unnest(?::VARCHAR[]))
+              AND NOT EXISTS (SELECT 1 FROM delta_pairs d
+                              WHERE d.child_id = e.child_id AND d.parent_id = e.parent_id)
+            ORDER BY 1, 2
+            """,
+            [artifact_ids],
+        ).fetchall()
+    return [(c, p) for c, p in rows]
+
+
+def record_deltas(store: Store, pairs: list[tuple[str, str]]) -> None:
+    """Compute (outside any lock) and store the deltas of each (child, parent) pair."""
+    if not pairs:
+        return
+    from lineage.deltas import compute_deltas  # torch takes a second to import: only here
+
+    for child_id, parent_id in pairs:
+        deltas = compute_deltas(
+            store, store.load_manifest(child_id), store.load_manifest(parent_id)
+        )
+        rows = [
+            {
+                "child_id": child_id,
+                "parent_id": parent_id,
+                **asdict(d),
+                "old_shape": _shape(d.old_shape),
+                "new_shape": _shape(d.new_shape),
+            }
+            for d in deltas
+        ]
+        with store.catalog.writing() as con:
+            done = con.execute(
+                "SELECT 1 FROM delta_pairs WHERE child_id = ? AND parent_id = ?",
+                [child_id, parent_id],
+            ).fetchone()
+            if done:  # another process got there first
+                continue
+            bulk_insert(con, "tensor_deltas", rows)
+            con.execute(
+                "INSERT INTO delta_pairs (child_id, parent_id) VALUES (?, ?)", [child_id, parent_id]
+            )
+
+
+def ensure_deltas(store: Store, artifact_ids: list[str]) -> None:
+    record_deltas(store, missing_pairs(store, artifact_ids))
+
+
+def _shape(shape: tuple[int, ...] | None) -> list[int] | None:
+    return list(shape) if shape is not None else None

@@ -1,0 +1,55 @@
+"""Load one stored tensor at a time from the blob store as a torch tensor."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from registry import Store, TensorRecord
+from registry.manifest import Manifest
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
+
+
+def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:
+    """The tensor's values in its own dtype (one read of its blob)."""
+    dtype = TORCH_DTYPES[record.dtype]
+    data = bytearray(store.blobs.path(record.blob).read_bytes())
+    if not data:
+        return torch.empty(record.shape, dtype=dtype)
+    return torch.frombuffer(data, dtype=dtype).reshape(record.shape)
+
+
+def load_f32(store: Store, record: TensorRecord) -> torch.Tensor:
+    return load_tensor(store, record).to(torch.float32)
+
+
+def tensors_by_name(manifest: Manifest) -> dict[str, TensorRecord]:
+    return {t.name: t for _, t in manifest.tensors}
+
+
+def companion_json(store: Store, manifest: Manifest, path: str) -> dict | None:
+    """A JSON companion file (adapter_config.json, ...) of the artifact, if any."""
+    for f in manifest.files:
+        if f.path == path and not f.tensors:
+            doc = json.loads(store.blobs.read(f.blob))
+            return doc if isinstance(doc, dict) else None
+    return None

@@ -1,0 +1,100 @@
+"""Which layers and modules an artifact, or every artifact of a method, changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lineage.record import ensure_deltas
+from registry import ArtifactNotFound, Store
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One base tensor an artifact changed against one of its parents."""
+
+    tensor: str
+    layer: int | None
+    block: str
+    module: str
+    status: str  # changed | reshaped | added | removed
+    parent: str  # NAME@N
+    rel_change: float | None
+    frac_changed: float | None
+    max_abs: float | None
+    stable_rank: float | None
+    rank: int | None
+    old_shape: list[int] | None
+    new_shape: list[int] | None
+
+
+def touched(store: Store, ref: str) -> list[Touch]:
+    """Every tensor `ref` changed against its parent(s), in layer order."""
+    with store.catalog.reading() as con:
+        artifact_id = store.resolve(con, ref)
+    ensure_deltas(store, [artifact_id])
+    with store.catalog.reading() as con:
+        rows = con.execute(
+            """
+            SELECT d.tensor, d.layer, d.block, d.module, d.status, p.name || '@' || p.version,
+                   d.rel_change, d.frac_changed, d.max_abs, d.stable_rank, d.rank,
+                   d.old_shape, d.new_shape
+            FROM tensor_deltas d JOIN artifacts p ON p.id = d.parent_id
+            WHERE d.child_id = ? AND d.status <> 'identical'
+            ORDER BY d.layer NULLS FIRST, d.tensor, 6
+            """,
+            [artifact_id],
+        ).fetchall()
+    return [Touch(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class TouchCell:
+    """One (layer, module) of the grid: how many artifacts changed it, by how much."""
+
+    layer: int | None
+    block: str
+    module: str
+    artifacts: int
+    mean_rel_change: float | None
+    max_rel_change: float | None
+
+
+@dataclass(frozen=True)
+class MethodTouches:
+    method: str
+    artifacts: list[str]  # NAME@N of every artifact made by the method
+    cells: list[TouchCell]
+
+
+def touched_by_method(store: Store, method: str) -> MethodTouches:
+    """Aggregate `touched` over every artifact whose method is `method`."""
+    with store.catalog.reading() as con:
+        found = con.execute(
+            "SELECT id, name || '@' || version FROM artifacts WHERE lower(method) = lower(?) "
+            "ORDER BY created_at",
+            [method],
+        ).fetchall()
+        if not found:
+            methods = [
+                m
+                for (m,) in con.execute(
+                    "SELECT DISTINCT method FROM artifacts WHERE method IS NOT NULL ORDER BY 1"
+                ).fetchall()
+            ]
+            raise ArtifactNotFound(
+                f"no artifact was made by method {method!r}",
+                f"methods in the store: {', '.join(methods) or 'none recorded'}",
+            )
+    ids = [i for i, _ in found]
+    ensure_deltas(store, ids)
+    with store.catalog.reading() as con:
+        rows = con.execute(
+            """
+            SELECT layer, block, module, count(DISTINCT child_id), avg(rel_change), max(rel_change)
+            FROM tensor_deltas
+            WHERE child_id IN (SELECT unnest(?::VARCHAR[])) AND status <> 'identical'
+            GROUP BY ALL ORDER BY layer NULLS FIRST, block, module
+            """,
+            [ids],
+        ).fetchall()
+    return MethodTouches(method, [r for _, r in found], [TouchCell(*row) for row in rows])

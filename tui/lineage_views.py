@@ -1,0 +1,129 @@
+"""Terminal views of lineage: touched-tensor tables and layers × modules grids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from lineage import LogEntry, MethodTouches, Touch
+
+BLOCK_ORDER = ("embedding", "attention", "mlp", "norm", "head", "other")
+
+
+def _num(value: float | None, fmt: str = ".3g") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _heat(value: float | None) -> str:
+    """Colour for a relative change: the bigger, the hotter."""
+    if value is None:
+        return "magenta"
+    if value < 1e-3:
+        return "blue"
+    if value < 1e-2:
+        return "green"
+    if value < 1e-1:
+        return "yellow"
+    return "bold red"
+
+
+def touched_table(touches: list[Touch]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in (
+        "LAYER",
+        "BLOCK",
+        "MODULE",
+        "TENSOR",
+        "REL CHANGE",
+        "CHANGED",
+        "STABLE RANK",
+        "RANK",
+        "MAX |Δ|",
+        "VS",
+    ):
+        table.add_column(
+            column,
+            justify="right"
+            if column in ("LAYER", "REL CHANGE", "CHANGED", "STABLE RANK", "RANK", "MAX |Δ|")
+            else "left",
+        )
+    for t in touches:
+        if t.status == "changed":
+            change = Text(_num(t.rel_change), style=_heat(t.rel_change))
+        else:
+            shapes = f"{_shape(t.old_shape)} → {_shape(t.new_shape)}"
+            change = Text(f"{t.status} {shapes}", style="magenta")
+        table.add_row(
+            "" if t.layer is None else str(t.layer),
+            t.block,
+            t.module,
+            t.tensor,
+            change,
+            "" if t.frac_changed is None else f"{t.frac_changed:.0%}",
+            _num(t.stable_rank, ".2f"),
+            "" if t.rank is None else str(t.rank),
+            _num(t.max_abs),
+            t.parent,
+        )
+    return table
+
+
+def _shape(shape: list[int] | None) -> str:
+    return "none" if shape is None else "×".join(map(str, shape))
+
+
+def touched_grid(touches: Iterable[Touch], title: str) -> Table:
+    """Layers × modules, each cell the largest relative change there."""
+    cells: dict[tuple[int | None, str, str], float | None] = {}
+    for t in touches:
+        key = (t.layer, t.block, t.module)
+        old = cells.get(key)
+        cells[key] = t.rel_change if old is None else max(old, t.rel_change or 0.0)
+    return _grid(title, {k: (Text(_num(v, ".2g"), style=_heat(v))) for k, v in cells.items()})
+
+
+def method_grid(m: MethodTouches) -> Table:
+    """Layers × modules: how many of the method's artifacts changed each, mean change."""
+    cells = {
+        (c.layer, c.block, c.module): Text(
+            f"{c.artifacts}×{_num(c.mean_rel_change, '.2g')}", style=_heat(c.mean_rel_change)
+        )
+        for c in m.cells
+    }
+    title = f"method {m.method}, {len(m.artifacts)} artifacts: changed by n × mean rel. change"
+    return _grid(title, cells)
+
+
+def _grid(title: str, cells: dict[tuple[int | None, str, str], Text]) -> Table:
+    columns = sorted(
+        {(b, mod) for _, b, mod in cells},
+        key=lambda c: (BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER), c[1]),
+    )
+    layers = sorted({layer for layer, _, _ in cells}, key=lambda x: (x is not None, x or 0))
+    table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    table.add_column("LAYER", justify="right")
+    for _, module in columns:
+        table.add_column(module, justify="center")
+    for layer in layers:
+        row = [Text("—" if layer is None else str(layer))]
+        for block, module in columns:
+            row.append(cells.get((layer, block, module), Text("·", style="dim")))
+        table.add_row(*row)
+    return table
+
+
+def log_tree(me: str, entries: list[LogEntry], *, children: bool) -> Tree:
+    """Each entry hangs under the neighbour it was reached through."""
+    tree = Tree(Text(me, style="bold"))
+    nodes = {me: tree}
+    for e in entries:
+        how = e.relation + (f" by {e.method}" if e.method else "")
+        arrow = "→" if children else "←"
+        label = Text.assemble((e.ref, "bold"), f" ({e.kind}, {e.id[:12]}) {arrow} {how}")
+        nodes[e.ref] = nodes.get(e.via, tree).add(label)
+    if not entries:
+        tree.add(Text("no recorded " + ("children" if children else "parents"), style="dim"))
+    return tree
