@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lineage.declared import base_candidates, declared_lineage
 from lineage.record import ensure_deltas
-from registry import AddResult, Store, add
+from registry import AddResult, ArtifactNotFound, Store, add
 
 
 def register(
@@ -20,8 +21,30 @@ def register(
     **options: Any,
 ) -> AddResult:
     """Add `path` to the store (default: $GRAFT_STORE or the per-user store) and
-    record its deltas against its parent. Options are those of `registry.add`."""
+    record its deltas against its parent. Options are those of `registry.add`.
+
+    Without `parent`, a base model that the files declare (adapter_config.json,
+    the model card's `base_model`) becomes the parent when it is registered;
+    without `method`, the declared one (the PEFT type, a card tag) is used.
+    """
     store = store if isinstance(store, Store) else Store.open(Path(store) if store else None)
-    result = add(store, Path(path), parent=parent, method=method, meta=meta, name=name, **options)
+    path = Path(path)
+    if parent is None or method is None:
+        declared = declared_lineage(path)
+        method = method or declared.method
+        if parent is None and declared.base:
+            parent = _registered(store, base_candidates(declared.base))
+    result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
     ensure_deltas(store, [result.manifest.id])
     return result
+
+
+def _registered(store: Store, names: list[str]) -> str | None:
+    """The id of the first of `names` that is registered."""
+    with store.catalog.reading() as con:
+        for candidate in names:
+            try:
+                return store.resolve(con, candidate)
+            except ArtifactNotFound:
+                continue
+    return None

@@ -209,3 +209,33 @@ def test_deltas_survive_reindex_and_are_recomputed_after_a_lost_catalog(demo, st
     after = _touched(demo, "lora-count")
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
     assert not any(math.isnan(t["rel_change"]) for t in after)
+
+
+def test_declared_base_becomes_the_parent(graft):
+    """The sample adapters name "tiny-llama" in adapter_config.json."""
+    graft("add", SAMPLES / "tiny-llama")
+    result = graft("add", SAMPLES / "lora-count")
+    assert "graft: parent tiny-llama@1 (the base its files declare)" in result.stderr
+    shown = graft_json(graft, "show", "lora-count")
+    assert shown["method"] == "lora"
+    assert [(a["ref"], a["relation"]) for a in shown["ancestors"]] == [("tiny-llama@1", "adapter")]
+    assert {t["module"] for t in _touched(graft, "lora-count")} == set(MLP)
+
+
+def test_declared_base_from_the_model_card(graft, tmp_path):
+    base = make_model(tmp_path / "org" / "base-7b")
+    graft("add", base)
+    child = make_model(tmp_path / "child", seed=5)
+    (child / "README.md").write_text(
+        "---\nbase_model: acme/base-7b\ntags:\n- trl\n- dpo\n---\n# child\n"
+    )
+    graft("add", child)
+    shown = graft_json(graft, "show", "child")
+    assert shown["method"] == "dpo" and shown["ancestors"][0]["ref"] == "base-7b@1"
+
+
+def test_undeclared_or_unregistered_base_links_nothing(graft, tmp_path):
+    child = make_model(tmp_path / "child")
+    (child / "README.md").write_text("---\nbase_model: acme/not-here\n---\n")
+    graft("add", child)
+    assert graft_json(graft, "show", "child")["ancestors"] == []

@@ -124,6 +124,11 @@ def add(
     m = result.manifest
     for note in result.skipped:
         render.err.print(f"graft: skipped {note}", markup=False)
+    if parent is None and m.parents and not result.existed:
+        render.err.print(
+            f"graft: parent {_ref_of(store, m.parents[0].id)} (the base its files declare)",
+            markup=False,
+        )
     if result.existed and (name or parent or method or pairs):
         render.err.print(
             f"graft: identical content is already registered as {m.ref}; "
@@ -152,6 +157,10 @@ def add(
         f"{render.human_size(m.size)}, {render.human_size(result.bytes_new)} new",
         markup=False,
     )
+
+
+def _ref_of(store: Store, artifact_id: str) -> str:
+    return store.load_manifest(artifact_id).ref
 
 
 def _key_value(text: str) -> tuple[str, str]:
