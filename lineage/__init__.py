@@ -3,6 +3,7 @@
 Computing deltas needs torch (`lineage.deltas`); importing this package does not.
 """
 
+from lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
 from lineage.log import LogEntry, log
 from lineage.names import AdapterKey, Place, adapter_key, place_of
 from lineage.record import ensure_deltas
@@ -12,20 +13,26 @@ from lineage.touched import MethodTouches, Touch, TouchCell, touched, touched_by
 
 __all__ = [
     "AdapterKey",
+    "DiffRow",
+    "LayerGrowth",
     "LogEntry",
     "MethodTouches",
+    "NothingInCommon",
     "Place",
     "QueryResult",
+    "Series",
     "SqlError",
     "Touch",
     "TouchCell",
     "adapter_key",
+    "diff",
     "ensure_deltas",
     "export_catalog",
     "log",
     "place_of",
     "register",
     "run_sql",
+    "series",
     "touched",
     "touched_by_method",
 ]

@@ -53,10 +53,15 @@ class TensorDelta:
 
 
 def compute_deltas(store: Store, child: Manifest, parent: Manifest) -> list[TensorDelta]:
-    """Deltas of `child` against `parent`: adapter factors or model tensors."""
-    if child.kind == "adapter" or companion_json(store, child, "adapter_config.json"):
+    """Deltas of `child` against `parent`: an adapter's factors against its base
+    model, else same-named tensors (two models, or two adapters' factors)."""
+    if _is_adapter(store, child) and not _is_adapter(store, parent):
         return adapter_deltas(store, child, parent)
     return model_deltas(store, child, parent)
+
+
+def _is_adapter(store: Store, m: Manifest) -> bool:
+    return m.kind == "adapter" or companion_json(store, m, "adapter_config.json") is not None
 
 
 def model_deltas(store: Store, child: Manifest, parent: Manifest) -> list[TensorDelta]:

@@ -25,7 +25,9 @@ def missing_pairs(store: Store, artifact_ids: list[str]) -> list[tuple[str, str]
 
 
 def record_deltas(store: Store, pairs: list[tuple[str, str]]) -> None:
-    """Compute (outside any lock) and store the deltas of each (child, parent) pair."""
+    """Compute (outside any lock) and store the deltas of each (child, parent) pair
+    not computed yet."""
+    pairs = _not_done(store, pairs)
     if not pairs:
         return
     from lineage.deltas import compute_deltas  # torch takes a second to import: only here
@@ -55,6 +57,14 @@ def record_deltas(store: Store, pairs: list[tuple[str, str]]) -> None:
             con.execute(
                 "INSERT INTO delta_pairs (child_id, parent_id) VALUES (?, ?)", [child_id, parent_id]
             )
+
+
+def _not_done(store: Store, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not pairs:
+        return []
+    with store.catalog.reading() as con:
+        done = set(con.execute("SELECT child_id, parent_id FROM delta_pairs").fetchall())
+    return [p for p in pairs if p not in done]
 
 
 def ensure_deltas(store: Store, artifact_ids: list[str]) -> None:

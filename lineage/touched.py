@@ -38,7 +38,9 @@ def touched(store: Store, ref: str) -> list[Touch]:
             SELECT d.tensor, d.layer, d.block, d.module, d.status, p.name || '@' || p.version,
                    d.rel_change, d.frac_changed, d.max_abs, d.stable_rank, d.rank,
                    d.old_shape, d.new_shape
-            FROM tensor_deltas d JOIN artifacts p ON p.id = d.parent_id
+            FROM tensor_deltas d
+            JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
+            JOIN artifacts p ON p.id = d.parent_id
             WHERE d.child_id = ? AND d.status <> 'identical'
             ORDER BY d.layer NULLS FIRST, d.tensor, 6
             """,
@@ -90,10 +92,12 @@ def touched_by_method(store: Store, method: str) -> MethodTouches:
     with store.catalog.reading() as con:
         rows = con.execute(
             """
-            SELECT layer, block, module, count(DISTINCT child_id), avg(rel_change), max(rel_change)
-            FROM tensor_deltas
-            WHERE child_id IN (SELECT unnest(?::VARCHAR[])) AND status <> 'identical'
-            GROUP BY ALL ORDER BY layer NULLS FIRST, block, module
+            SELECT d.layer, d.block, d.module, count(DISTINCT d.child_id),
+                   avg(d.rel_change), max(d.rel_change)
+            FROM tensor_deltas d
+            JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
+            WHERE d.child_id IN (SELECT unnest(?::VARCHAR[])) AND d.status <> 'identical'
+            GROUP BY ALL ORDER BY 1 NULLS FIRST, 2, 3
             """,
             [ids],
         ).fetchall()

@@ -59,9 +59,10 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "0002_tensor_deltas",
         """
-        -- What each artifact changed against each parent, per base tensor. A
-        -- cache of a computation over blobs: graft fills it at registration
-        -- and whenever a query finds a pair missing (`delta_pairs`).
+        -- What each artifact changed against each parent (and any other pair
+        -- `graft diff` compared), per base tensor. A cache of a computation over
+        -- blobs: graft fills it at registration and whenever a query finds a
+        -- pair missing (`delta_pairs`).
         CREATE TABLE tensor_deltas (
             child_id VARCHAR NOT NULL,
             parent_id VARCHAR NOT NULL,
@@ -106,7 +107,9 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
                d.layer, d.block, d.module, count(*) AS tensors,
                max(d.rel_change) AS max_rel_change, avg(d.rel_change) AS mean_rel_change,
                min(d.stable_rank) AS min_stable_rank
-        FROM tensor_deltas d JOIN artifacts a ON a.id = d.child_id
+        FROM tensor_deltas d
+        JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
+        JOIN artifacts a ON a.id = d.child_id
         WHERE d.status <> 'identical'
         GROUP BY ALL;
         """,

@@ -189,7 +189,7 @@ def test_artifact_without_parent_touched_nothing(graft):
     [
         (("touched", "nope"), 1, "no artifact matches 'nope'"),
         (("touched", "--method", "ties"), 1, "no artifact was made by method 'ties'"),
-        (("touched",), 2, "give either REF or --method M"),
+        (("touched",), 2, "give one of REF, --method M or --series RUN"),
     ],
 )
 def test_touched_bad_input(demo, args, code, message):

@@ -213,13 +213,28 @@ def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
 @cli.command()
 @click.argument("ref", required=False)
 @click.option("--method", help="Aggregate over every artifact made by this method instead.")
+@click.option(
+    "--series",
+    "run",
+    metavar="RUN",
+    help="How each layer's change grew over the checkpoints RUN/checkpoint-N.",
+)
 @click.option("--grid/--no-grid", default=True, help="Also draw the layers × modules grid.")
 @json_option
 @with_store
-def touched(store: Store, ref: str | None, method: str | None, grid: bool, as_json: bool) -> None:
+def touched(
+    store: Store, ref: str | None, method: str | None, run: str | None, grid: bool, as_json: bool
+) -> None:
     """Which layers and modules REF changed against its parent(s), and by how much."""
-    if (ref is None) == (method is None):
-        raise click.UsageError("give either REF or --method M")
+    if sum(x is not None for x in (ref, method, run)) != 1:
+        raise click.UsageError("give one of REF, --method M or --series RUN")
+    if run:
+        growth = lineage.series(store, run)
+        if as_json:
+            render.print_json(growth)
+        else:
+            render.out.print(lineage_views.series_table(growth))
+        return
     if method:
         by_method = lineage.touched_by_method(store, method)
         if as_json:
@@ -236,10 +251,29 @@ def touched(store: Store, ref: str | None, method: str | None, grid: bool, as_js
     if not touches:
         render.err.print(f"{ref} changed nothing against its parents (or has none recorded)")
         return
-    render.out.print(lineage_views.touched_table(touches))
+    render.out.print(lineage_views.delta_table(touches))
     if grid:
         render.out.print()
         render.out.print(lineage_views.touched_grid(touches, f"largest relative change in {ref}"))
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--all", "show_all", is_flag=True, help="Also list identical tensors.")
+@json_option
+@with_store
+def diff(store: Store, a: str, b: str, show_all: bool, as_json: bool) -> None:
+    """Per layer and module, how B differs from A (any two artifacts)."""
+    a_ref, b_ref, rows = lineage.diff(store, a, b)
+    shown = rows if show_all else [r for r in rows if r.status != "identical"]
+    if as_json:
+        render.print_json({"a": a_ref, "b": b_ref, "tensors": shown})
+        return
+    same = len(rows) - sum(r.status != "identical" for r in rows)
+    render.err.print(f"{b_ref} against {a_ref}: {len(rows) - same} differ, {same} identical")
+    if shown:
+        render.out.print(lineage_views.delta_table(shown))
 
 
 @cli.command("log")

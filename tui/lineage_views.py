@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from lineage import LogEntry, MethodTouches, Touch
+from lineage.diff import DiffRow, Series
 
 BLOCK_ORDER = ("embedding", "attention", "mlp", "norm", "head", "other")
 
@@ -30,29 +31,18 @@ def _heat(value: float | None) -> str:
     return "bold red"
 
 
-def touched_table(touches: list[Touch]) -> Table:
+def delta_table(rows: Sequence[Touch | DiffRow]) -> Table:
+    """One row per tensor: where it is, how much it changed (and against what)."""
+    vs = bool(rows) and isinstance(rows[0], Touch)
+    numeric = ("LAYER", "REL CHANGE", "CHANGED", "STABLE RANK", "RANK", "MAX |Δ|")
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in (
-        "LAYER",
-        "BLOCK",
-        "MODULE",
-        "TENSOR",
-        "REL CHANGE",
-        "CHANGED",
-        "STABLE RANK",
-        "RANK",
-        "MAX |Δ|",
-        "VS",
-    ):
-        table.add_column(
-            column,
-            justify="right"
-            if column in ("LAYER", "REL CHANGE", "CHANGED", "STABLE RANK", "RANK", "MAX |Δ|")
-            else "left",
-        )
-    for t in touches:
+    for column in ("LAYER", "BLOCK", "MODULE", "TENSOR", *numeric[1:], *(["VS"] if vs else [])):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for t in rows:
         if t.status == "changed":
             change = Text(_num(t.rel_change), style=_heat(t.rel_change))
+        elif t.status == "identical":
+            change = Text("identical", style="dim")
         else:
             shapes = f"{_shape(t.old_shape)} → {_shape(t.new_shape)}"
             change = Text(f"{t.status} {shapes}", style="magenta")
@@ -66,7 +56,30 @@ def touched_table(touches: list[Touch]) -> Table:
             _num(t.stable_rank, ".2f"),
             "" if t.rank is None else str(t.rank),
             _num(t.max_abs),
-            t.parent,
+            *([t.parent] if isinstance(t, Touch) else []),
+        )
+    return table
+
+
+def series_table(s: Series) -> Table:
+    """Layers × checkpoints: mean relative change against the run's base."""
+    table = Table(
+        title=f"run {s.run}: mean rel. change of each layer against {s.base}",
+        title_justify="left",
+        box=None,
+        header_style="bold",
+        pad_edge=False,
+    )
+    table.add_column("LAYER", justify="right")
+    for ref in s.checkpoints:
+        table.add_column(ref.split("/")[-1].split("@")[0], justify="right")
+    for growth in s.layers:
+        table.add_row(
+            "—" if growth.layer is None else str(growth.layer),
+            *(
+                Text(_num(v, ".3g"), style=_heat(v)) if v is not None else Text("·", style="dim")
+                for v in growth.rel_change
+            ),
         )
     return table
 
