@@ -94,4 +94,4 @@ def test_readd_with_new_options_says_they_were_not_applied(graft):
     result = graft("add", SAMPLES / "lora-copy", "--name", "other", "--method", "dpo")
     assert result.stdout.startswith("already registered as lora-copy@1")
     assert "--name, --parent, --method and --meta were not applied" in result.stderr
-    assert graft_json(graft, "show", "lora-copy")["method"] is None
+    assert graft_json(graft, "show", "lora-copy")["method"] == "lora"  # declared, kept
