@@ -4,6 +4,7 @@ Computing deltas needs torch (`lineage.deltas`); importing this package does not
 """
 
 from lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
+from lineage.infer import Suggestion, guess_parent
 from lineage.log import LogEntry, log
 from lineage.names import AdapterKey, Place, adapter_key, place_of
 from lineage.record import ensure_deltas
@@ -22,12 +23,14 @@ __all__ = [
     "QueryResult",
     "Series",
     "SqlError",
+    "Suggestion",
     "Touch",
     "TouchCell",
     "adapter_key",
     "diff",
     "ensure_deltas",
     "export_catalog",
+    "guess_parent",
     "log",
     "place_of",
     "register",

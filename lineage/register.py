@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from lineage.declared import base_candidates, declared_lineage
+from lineage.infer import guess_parent
 from lineage.record import ensure_deltas
-from registry import AddResult, ArtifactNotFound, Store, add
+from registry import AddResult, ArtifactNotFound, FileRecord, Store, add
 
 
 def register(
@@ -18,6 +19,7 @@ def register(
     meta: dict[str, str] | None = None,
     name: str | None = None,
     store: Store | str | Path | None = None,
+    infer_parent: bool = False,
     **options: Any,
 ) -> AddResult:
     """Add `path` to the store (default: $GRAFT_STORE or the per-user store) and
@@ -26,6 +28,7 @@ def register(
     Without `parent`, a base model that the files declare (adapter_config.json,
     the model card's `base_model`) becomes the parent when it is registered;
     without `method`, the declared one (the PEFT type, a card tag) is used.
+    With `infer_parent`, a parent still unknown is guessed (`lineage.infer`).
     """
     store = store if isinstance(store, Store) else Store.open(Path(store) if store else None)
     path = Path(path)
@@ -34,9 +37,16 @@ def register(
         method = method or declared.method
         if parent is None and declared.base:
             parent = _registered(store, base_candidates(declared.base))
+    if parent is None and infer_parent:
+        options["choose_parent"] = lambda files: _guessed(store, files)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
     ensure_deltas(store, [result.manifest.id])
     return result
+
+
+def _guessed(store: Store, files: tuple[FileRecord, ...]) -> str | None:
+    suggestion = guess_parent(store, files)
+    return suggestion.parent_id if suggestion else None
 
 
 def _registered(store: Store, names: list[str]) -> str | None:

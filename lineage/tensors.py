@@ -8,6 +8,9 @@ import torch
 
 from registry import Store, TensorRecord
 from registry.manifest import Manifest
+from registry.safetensors_header import FLOAT_DTYPES
+
+__all__ = ["FLOAT_DTYPES", "TORCH_DTYPES", "companion_json", "load_f32", "load_tensor"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -26,7 +29,6 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
-FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
 
 def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:

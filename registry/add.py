@@ -61,8 +61,13 @@ def add(
     kind: Kind | None = None,
     allow_pickle: bool = False,
     on_progress: OnProgress | None = None,
+    choose_parent: Callable[[tuple[FileRecord, ...]], str | None] | None = None,
 ) -> AddResult:
-    """Register `path`; return the (new or existing) artifact and what was written."""
+    """Register `path`; return the (new or existing) artifact and what was written.
+
+    Without `parent`, `choose_parent` may name one (an id) once the files'
+    blobs are known, before the manifest is written.
+    """
     path = Path(path)
     source = scan(path)
     if source.pickles and not allow_pickle:
@@ -81,6 +86,8 @@ def add(
         existing = _existing(store, artifact_id)
         if existing and _indexed(store, artifact_id):  # the common re-add: no write lock
             return AddResult(existing, bytes_new, True, source.skipped)
+        if parent_id is None and choose_parent:
+            parent_id = choose_parent(files)
         with store.catalog.writing() as con:
             store.sync_catalog(con)
             existing = _existing(store, artifact_id)

@@ -44,6 +44,7 @@ DTYPE_BITS: dict[str, int] = {
     "U64": 64,
     "F64": 64,
 }
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
     help="Override the detected kind.",
 )
 @click.option(
+    "--infer-parent",
+    is_flag=True,
+    help="Without --parent, record the most likely parent among registered artifacts.",
+)
+@click.option(
     "--allow-pickle",
     is_flag=True,
     help="Convert .bin/.pt weights with torch.load(weights_only=True) instead of refusing.",
@@ -101,6 +106,7 @@ def add(
     method: str | None,
     meta: tuple[str, ...],
     kind: Any,
+    infer_parent: bool,
     allow_pickle: bool,
     as_json: bool,
 ) -> None:
@@ -118,13 +124,18 @@ def add(
             method=method,
             meta=pairs,
             kind=kind,
+            infer_parent=infer_parent,
             allow_pickle=allow_pickle,
             on_progress=on_progress,
         )
     m = result.manifest
+    suggestion = None
+    if parent is None and not result.existed and (infer_parent or not m.parents):
+        suggestion = lineage.guess_parent(store, m.files, exclude=m.id)
+        render.err.print(_suggestion_note(suggestion, recorded=bool(m.parents)), markup=False)
     for note in result.skipped:
         render.err.print(f"graft: skipped {note}", markup=False)
-    if parent is None and m.parents and not result.existed:
+    if parent is None and m.parents and not result.existed and not infer_parent:
         render.err.print(
             f"graft: parent {_ref_of(store, m.parents[0].id)} (the base its files declare)",
             markup=False,
@@ -148,6 +159,8 @@ def add(
                 "bytes_new": result.bytes_new,
                 "existed": result.existed,
                 "skipped": list(result.skipped),
+                "parents": [p.id for p in m.parents],
+                "suggested_parent": render.to_plain(suggestion),
             }
         )
         return
@@ -157,6 +170,15 @@ def add(
         f"{render.human_size(m.size)}, {render.human_size(result.bytes_new)} new",
         markup=False,
     )
+
+
+def _suggestion_note(s: lineage.Suggestion | None, *, recorded: bool) -> str:
+    if s is None:
+        return "graft: no registered artifact looks like its parent"
+    how = f"confidence {s.confidence:.2f}: {s.evidence}"
+    if recorded:
+        return f"graft: parent {s.parent} (inferred, {how})"
+    return f"graft: likely parent {s.parent} ({how}); record it with --infer-parent"
 
 
 def _ref_of(store: Store, artifact_id: str) -> str:
