@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lineage.declared import base_candidates, declared_lineage
+from lineage.hub import is_hub_ref, resolve_hub
 from lineage.infer import guess_parent
 from lineage.record import ensure_deltas
 from registry import AddResult, ArtifactNotFound, FileRecord, Store, add
@@ -22,8 +23,9 @@ def register(
     infer_parent: bool = False,
     **options: Any,
 ) -> AddResult:
-    """Add `path` to the store (default: $GRAFT_STORE or the per-user store) and
-    record its deltas against its parent. Options are those of `registry.add`.
+    """Add `path` (a file, a folder, or `hf:ORG/NAME[@REVISION]`) to the store
+    (default: $GRAFT_STORE or the per-user store) and record its deltas against
+    its parent. Options are those of `registry.add`.
 
     Without `parent`, a base model that the files declare (adapter_config.json,
     the model card's `base_model`) becomes the parent when it is registered;
@@ -31,6 +33,9 @@ def register(
     With `infer_parent`, a parent still unknown is guessed (`lineage.infer`).
     """
     store = store if isinstance(store, Store) else Store.open(Path(store) if store else None)
+    if is_hub_ref(str(path)):
+        path, repo = resolve_hub(str(path))
+        name = name or repo
     path = Path(path)
     if parent is None or method is None:
         declared = declared_lineage(path)

@@ -110,7 +110,7 @@ def add(
     allow_pickle: bool,
     as_json: bool,
 ) -> None:
-    """Register a safetensors file, model, adapter or checkpoint folder.
+    """Register a safetensors file, model, adapter or checkpoint folder, or hf:ORG/NAME.
 
     With a parent, it also records which tensors changed against it (`graft touched`).
     """
