@@ -10,7 +10,7 @@ part of a Hub id or path).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -24,6 +24,7 @@ class Declared:
     base: str | None = None  # what the files name as the base model
     method: str | None = None
     tags: tuple[str, ...] = ()
+    meta: dict[str, str] = field(default_factory=dict)  # trainer_state.json: step, loss
 
 
 def declared_lineage(path: Path) -> Declared:
@@ -39,7 +40,24 @@ def declared_lineage(path: Path) -> Declared:
     method = next((t for t in METHOD_TAGS if t in tags), None)
     if adapter.get("peft_type"):
         method = str(adapter["peft_type"]).lower()
-    return Declared(str(base) if base else None, method, tags)
+    return Declared(str(base) if base else None, method, tags, _training(folder))
+
+
+def _training(folder: Path) -> dict[str, str]:
+    """The step a Trainer checkpoint was saved at, and its last logged loss."""
+    state = _json(folder / "trainer_state.json")
+    meta = {}
+    if isinstance(state.get("global_step"), int):
+        meta["global_step"] = str(state["global_step"])
+    history = state.get("log_history")
+    losses = (
+        [h["loss"] for h in history if isinstance(h, dict) and "loss" in h]
+        if isinstance(history, list)
+        else []
+    )
+    if losses:
+        meta["loss"] = str(losses[-1])
+    return meta
 
 
 def base_candidates(base: str) -> list[str]:

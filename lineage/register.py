@@ -37,8 +37,9 @@ def register(
         path, repo = resolve_hub(str(path))
         name = name or repo
     path = Path(path)
+    declared = declared_lineage(path)
+    meta = {**declared.meta, **(meta or {})}
     if parent is None or method is None:
-        declared = declared_lineage(path)
         method = method or declared.method
         if parent is None and declared.base:
             parent = _registered(store, base_candidates(declared.base))

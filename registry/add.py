@@ -22,6 +22,7 @@ from typing import BinaryIO
 from registry.catalog import Connection, insert_manifests
 from registry.errors import (
     ArtifactNotFound,
+    CycleRefused,
     GraftError,
     InvalidArtifact,
     PickleRefused,
@@ -84,6 +85,8 @@ def add(
         files, bytes_new = _store_files(store, source, weights, on_progress)
         artifact_id = content_id(files)
         existing = _existing(store, artifact_id)
+        if existing and parent_id:
+            _refuse_cycle(store, existing, parent_id)
         if existing and _indexed(store, artifact_id):  # the common re-add: no write lock
             return AddResult(existing, bytes_new, True, source.skipped)
         if parent_id is None and choose_parent:
@@ -129,6 +132,31 @@ def _existing(store: Store, artifact_id: str) -> Manifest | None:
         return store.load_manifest(artifact_id)
     except GraftError:
         return None  # damaged: write it anew
+
+
+def _refuse_cycle(store: Store, existing: Manifest, parent_id: str) -> None:
+    """Registered content offered with a parent that descends from it (or is it).
+
+    Edges only ever point from a new artifact to registered ones, so this is
+    the one way a user can ask for a cycle; the store is left as it was.
+    """
+    with store.catalog.reading() as con:
+        row = con.execute(
+            """
+            WITH RECURSIVE up(id) AS (
+                SELECT ?::VARCHAR
+                UNION SELECT e.parent_id FROM up JOIN edges e ON e.child_id = up.id
+            )
+            SELECT 1 FROM up WHERE id = ?
+            """,
+            [parent_id, existing.id],
+        ).fetchone()
+    if row:
+        raise CycleRefused(
+            f"{existing.ref} is already registered and is an ancestor of the parent given "
+            "(or the parent itself): linking them would make a cycle",
+            "check --parent",
+        )
 
 
 def _indexed(store: Store, artifact_id: str) -> bool:

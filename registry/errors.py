@@ -62,5 +62,9 @@ class CorruptBlob(GraftError, ValueError):
     """Stored bytes no longer match their content address."""
 
 
+class CycleRefused(GraftError, ValueError):
+    """A parent link that would make an artifact its own ancestor."""
+
+
 class SourceChanged(GraftError, RuntimeError):
     """A file changed while it was being added."""

@@ -239,3 +239,27 @@ def test_undeclared_or_unregistered_base_links_nothing(graft, tmp_path):
     (child / "README.md").write_text("---\nbase_model: acme/not-here\n---\n")
     graft("add", child)
     assert graft_json(graft, "show", "child")["ancestors"] == []
+
+
+def test_a_parent_that_would_make_a_cycle_is_refused(graft, store, tmp_path):
+    graft("add", make_model(tmp_path / "base"), "--name", "base")
+    graft("add", make_model(tmp_path / "child", seed=9), "--parent", "base")
+    before = graft_json(graft, "ls")
+    for parent in ("child", "base"):
+        result = graft("add", tmp_path / "base", "--parent", parent, code=1)
+        assert "would make a cycle" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert graft_json(graft, "ls") == before
+    with store.catalog.reading() as con:
+        assert con.execute("SELECT count(*) FROM edges").fetchone() == (1,)
+
+
+def test_trainer_state_step_and_loss_become_metadata(graft, tmp_path):
+    ckpt = make_model(tmp_path / "run" / "checkpoint-40")
+    (ckpt / "trainer_state.json").write_text(
+        json.dumps({"global_step": 40, "log_history": [{"loss": 2.5}, {"loss": 1.25}, {"x": 1}]})
+    )
+    graft("add", ckpt, "--meta", "lr=1e-4")
+    shown = graft_json(graft, "show", "run/checkpoint-40")
+    assert shown["meta"] == {"global_step": "40", "loss": "1.25", "lr": "1e-4"}
+    assert shown["kind"] == "checkpoint"
