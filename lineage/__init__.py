@@ -7,7 +7,7 @@ from lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, se
 from lineage.infer import Suggestion, guess_parent
 from lineage.log import LogEntry, log
 from lineage.names import AdapterKey, Place, adapter_key, place_of
-from lineage.record import ensure_deltas
+from lineage.record import ensure_deltas, recompute
 from lineage.register import register
 from lineage.sql import QueryResult, SqlError, export_catalog, run_sql
 from lineage.touched import MethodTouches, Touch, TouchCell, touched, touched_by_method
@@ -33,6 +33,7 @@ __all__ = [
     "guess_parent",
     "log",
     "place_of",
+    "recompute",
     "register",
     "run_sql",
     "series",

@@ -73,3 +73,21 @@ def ensure_deltas(store: Store, artifact_ids: list[str]) -> None:
 
 def _shape(shape: tuple[int, ...] | None) -> list[int] | None:
     return list(shape) if shape is not None else None
+
+
+def recompute(store: Store, ref: str | None = None) -> int:
+    """Forget and recompute the deltas of `ref` (default: every artifact); return
+    how many (child, parent) pairs were computed."""
+    with store.catalog.writing() as con:
+        ids = (
+            [store.resolve(con, ref)]
+            if ref
+            else [r[0] for r in con.execute("SELECT id FROM artifacts").fetchall()]
+        )
+        for table in ("tensor_deltas", "delta_pairs"):
+            con.execute(
+                f"DELETE FROM {table} WHERE child_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+            )
+    pairs = missing_pairs(store, ids)
+    record_deltas(store, pairs)
+    return len(pairs)

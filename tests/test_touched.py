@@ -263,3 +263,13 @@ def test_trainer_state_step_and_loss_become_metadata(graft, tmp_path):
     shown = graft_json(graft, "show", "run/checkpoint-40")
     assert shown["meta"] == {"global_step": "40", "loss": "1.25", "lr": "1e-4"}
     assert shown["kind"] == "checkpoint"
+
+
+def test_lineage_recompute_rebuilds_the_deltas(demo, store):
+    before = _touched(demo, "lora-copy")
+    with store.catalog.writing() as con:
+        con.execute("UPDATE tensor_deltas SET rel_change = 99")
+    assert "recomputed the deltas of 1 " in demo("lineage", "recompute", "lora-copy").stdout
+    assert _touched(demo, "lora-copy") == before
+    assert "of 4 (artifact, parent) pairs" in demo("lineage", "recompute").stdout
+    demo("lineage", "recompute", "nope", code=1)

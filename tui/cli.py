@@ -279,6 +279,20 @@ def touched(
         render.out.print(lineage_views.touched_grid(touches, f"largest relative change in {ref}"))
 
 
+@cli.group("lineage")
+def lineage_group() -> None:
+    """Maintain the recorded lineage."""
+
+
+@lineage_group.command("recompute")
+@click.argument("ref", required=False)
+@with_store
+def lineage_recompute(store: Store, ref: str | None) -> None:
+    """Recompute what REF (default: every artifact) changed against its parents."""
+    pairs = lineage.recompute(store, ref)
+    render.out.print(f"recomputed the deltas of {pairs} (artifact, parent) pairs", markup=False)
+
+
 @cli.command()
 @click.argument("a")
 @click.argument("b")
