@@ -42,7 +42,7 @@ def register(
     if parent is None or method is None:
         method = method or declared.method
         if parent is None and declared.base:
-            parent = _registered(store, base_candidates(declared.base))
+            parent = _registered(store, base_candidates(declared.base), path / declared.base)
     if parent is None and infer_parent:
         options["choose_parent"] = lambda files: _guessed(store, files)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
@@ -55,12 +55,17 @@ def _guessed(store: Store, files: tuple[FileRecord, ...]) -> str | None:
     return suggestion.parent_id if suggestion else None
 
 
-def _registered(store: Store, names: list[str]) -> str | None:
-    """The id of the first of `names` that is registered."""
+def _registered(store: Store, names: list[str], as_path: Path) -> str | None:
+    """The id of the first of `names` that is registered, else of the latest
+    artifact added from `as_path` (a base named by a path relative to the files)."""
     with store.catalog.reading() as con:
         for candidate in names:
             try:
                 return store.resolve(con, candidate)
             except ArtifactNotFound:
                 continue
-    return None
+        row = con.execute(
+            "SELECT id FROM artifacts WHERE source_path = ? ORDER BY created_at DESC LIMIT 1",
+            [str(as_path.resolve())],
+        ).fetchone()
+    return str(row[0]) if row else None

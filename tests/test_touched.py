@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -273,3 +274,15 @@ def test_lineage_recompute_rebuilds_the_deltas(demo, store):
     assert _touched(demo, "lora-copy") == before
     assert "of 4 (artifact, parent) pairs" in demo("lineage", "recompute").stdout
     demo("lineage", "recompute", "nope", code=1)
+
+
+def test_declared_base_path_matching_a_registered_source_is_linked(graft, tmp_path):
+    base = make_model(tmp_path / "models" / "base")
+    graft("add", base, "--name", "renamed-base")
+    shutil.copytree(SAMPLES / "lora-count", tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(base)  # an absolute path, as PEFT often writes
+    config_path.write_text(json.dumps(config))
+    graft("add", tmp_path / "adapter")
+    assert graft_json(graft, "show", "adapter")["ancestors"][0]["ref"] == "renamed-base@1"
