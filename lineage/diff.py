@@ -16,7 +16,7 @@ class NothingInCommon(GraftError, ValueError):
 
 @dataclass(frozen=True)
 class DiffRow:
-    """How B's tensor differs from A's (`rel_change` is relative to A)."""
+    """How a tensor of B differs from A's (`rel_change` is relative to A)."""
 
     tensor: str
     layer: int | None

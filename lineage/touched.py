@@ -4,27 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lineage.diff import DiffRow
 from lineage.record import ensure_deltas
 from registry import ArtifactNotFound, Store
 
 
 @dataclass(frozen=True)
-class Touch:
-    """One base tensor an artifact changed against one of its parents."""
+class Touch(DiffRow):
+    """A tensor an artifact changed against one of its parents (NAME@N)."""
 
-    tensor: str
-    layer: int | None
-    block: str
-    module: str
-    status: str  # changed | reshaped | added | removed
-    parent: str  # NAME@N
-    rel_change: float | None
-    frac_changed: float | None
-    max_abs: float | None
-    stable_rank: float | None
-    rank: int | None
-    old_shape: list[int] | None
-    new_shape: list[int] | None
+    parent: str
 
 
 def touched(store: Store, ref: str) -> list[Touch]:
@@ -35,14 +24,14 @@ def touched(store: Store, ref: str) -> list[Touch]:
     with store.catalog.reading() as con:
         rows = con.execute(
             """
-            SELECT d.tensor, d.layer, d.block, d.module, d.status, p.name || '@' || p.version,
-                   d.rel_change, d.frac_changed, d.max_abs, d.stable_rank, d.rank,
-                   d.old_shape, d.new_shape
+            SELECT d.tensor, d.layer, d.block, d.module, d.status, d.rel_change,
+                   d.frac_changed, d.max_abs, d.stable_rank, d.rank, d.old_shape, d.new_shape,
+                   p.name || '@' || p.version
             FROM tensor_deltas d
             JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
             JOIN artifacts p ON p.id = d.parent_id
             WHERE d.child_id = ? AND d.status <> 'identical'
-            ORDER BY d.layer NULLS FIRST, d.tensor, 6
+            ORDER BY d.layer NULLS FIRST, d.tensor, 13
             """,
             [artifact_id],
         ).fetchall()
