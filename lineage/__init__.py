@@ -10,7 +10,14 @@ from lineage.names import AdapterKey, Place, adapter_key, place_of
 from lineage.record import ensure_deltas, recompute
 from lineage.register import register
 from lineage.sql import QueryResult, SqlError, export_catalog, run_sql
-from lineage.touched import MethodTouches, Touch, TouchCell, touched, touched_by_method
+from lineage.touched import (
+    MethodTouches,
+    Touch,
+    TouchCell,
+    layers_of,
+    touched,
+    touched_by_method,
+)
 
 __all__ = [
     "AdapterKey",
@@ -31,6 +38,7 @@ __all__ = [
     "ensure_deltas",
     "export_catalog",
     "guess_parent",
+    "layers_of",
     "log",
     "place_of",
     "recompute",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lineage.diff import DiffRow
+from lineage.names import adapter_key, place_of
 from lineage.record import ensure_deltas
 from registry import ArtifactNotFound, Store
 
@@ -91,3 +92,11 @@ def touched_by_method(store: Store, method: str) -> MethodTouches:
             [ids],
         ).fetchall()
     return MethodTouches(method, [r for _, r in found], [TouchCell(*row) for row in rows])
+
+
+def layers_of(store: Store, ref: str) -> list[int]:
+    """The layer indices an artifact's tensors (or the base tensors it adapts) sit in."""
+    names = [t.name for _, t in store.resolve_ref(ref).tensors]
+    keys = [adapter_key(n) for n in names]
+    layers = {place_of(k.base_tensor if k else n).layer for n, k in zip(names, keys, strict=True)}
+    return sorted(layer for layer in layers if layer is not None)

@@ -61,6 +61,7 @@ def test_progress_bar_on_a_terminal(tmp_path):
 def test_demo_registers_lists_and_shows_lineage(graft):
     out = graft("demo").stdout
     assert "$ graft ls" in out and "$ graft show tiny-llama-sft" in out
+    assert "$ graft touched --method lora" in out and "method lora, 3 artifacts" in out
     assert "tiny-llama@1 (model" in out and "finetune by sft" in out
     assert "21 of 39 tensors (" in out and "are tiny-llama@1's, stored once" in out
     shared = graft_json(graft, "show", "tiny-llama-sft")["shared"]

@@ -108,6 +108,9 @@ def test_touched_table_and_grid_in_the_terminal(demo):
     assert "model.layers.3.mlp.down_proj.weight" in out
     assert "largest relative change in tiny-llama-sft" in out
     assert "model.layers.0." not in out
+    grid = out.split("(· untouched)")[1].splitlines()[2:]
+    assert [row.split()[0] for row in grid if row.strip()] == ["0", "1", "2", "3"]
+    assert set(grid[0].split()[1:]) == {"·"} and "·" not in grid[2]
 
 
 def _with_edit(folder, tmp_path, name, edit) -> object:

@@ -276,7 +276,9 @@ def touched(
     render.out.print(lineage_views.delta_table(touches))
     if grid:
         render.out.print()
-        render.out.print(lineage_views.touched_grid(touches, f"largest relative change in {ref}"))
+        title = f"largest relative change in {ref} (· untouched)"
+        layers = lineage.layers_of(store, ref)
+        render.out.print(lineage_views.touched_grid(touches, title, layers))
 
 
 @cli.group("lineage")
@@ -436,7 +438,7 @@ def reindex(ctx: click.Context, as_json: bool) -> None:
 )
 @with_store
 def demo(store: Store, samples: Path | None) -> None:
-    """Register the bundled samples, list them, and show a fine-tune's lineage."""
+    """Register the bundled samples, list them, show a fine-tune's lineage and what it touched."""
     run_demo(store, samples)
 
 

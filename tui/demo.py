@@ -7,7 +7,7 @@ from pathlib import Path
 import lineage
 import registry
 from registry import Store
-from tui import render
+from tui import lineage_views, render
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 
@@ -38,3 +38,10 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
     render.out.print("\n[bold]$ graft show tiny-llama-sft[/]")
     for part in render.detail_view(registry.show(store, "tiny-llama-sft"), tensors=False):
         render.out.print(part)
+    render.out.print("\n[bold]$ graft touched tiny-llama-sft[/]  (grid only)")
+    touches = lineage.touched(store, "tiny-llama-sft")
+    title = "largest relative change per module (· untouched)"
+    layers = lineage.layers_of(store, "tiny-llama-sft")
+    render.out.print(lineage_views.touched_grid(touches, title, layers))
+    render.out.print("\n[bold]$ graft touched --method lora[/]")
+    render.out.print(lineage_views.method_grid(lineage.touched_by_method(store, "lora")))

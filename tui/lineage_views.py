@@ -88,14 +88,16 @@ def _shape(shape: list[int] | None) -> str:
     return "none" if shape is None else "×".join(map(str, shape))
 
 
-def touched_grid(touches: Iterable[Touch], title: str) -> Table:
-    """Layers × modules, each cell the largest relative change there."""
+def touched_grid(touches: Iterable[Touch], title: str, layers: Iterable[int | None] = ()) -> Table:
+    """Layers × modules, each cell the largest relative change there; `layers`
+    adds rows for layers left untouched, so that what was not changed shows."""
     cells: dict[tuple[int | None, str, str], float | None] = {}
     for t in touches:
         key = (t.layer, t.block, t.module)
         old = cells.get(key)
         cells[key] = t.rel_change if old is None else max(old, t.rel_change or 0.0)
-    return _grid(title, {k: (Text(_num(v, ".2g"), style=_heat(v))) for k, v in cells.items()})
+    texts = {k: Text(_num(v, ".2g"), style=_heat(v)) for k, v in cells.items()}
+    return _grid(title, texts, layers)
 
 
 def method_grid(m: MethodTouches) -> Table:
@@ -110,12 +112,18 @@ def method_grid(m: MethodTouches) -> Table:
     return _grid(title, cells)
 
 
-def _grid(title: str, cells: dict[tuple[int | None, str, str], Text]) -> Table:
+def _grid(
+    title: str,
+    cells: dict[tuple[int | None, str, str], Text],
+    extra_layers: Iterable[int | None] = (),
+) -> Table:
     columns = sorted(
         {(b, mod) for _, b, mod in cells},
         key=lambda c: (BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER), c[1]),
     )
-    layers = sorted({layer for layer, _, _ in cells}, key=lambda x: (x is not None, x or 0))
+    layers = sorted(
+        {layer for layer, _, _ in cells} | set(extra_layers), key=lambda x: (x is not None, x or 0)
+    )
     table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
     table.add_column("LAYER", justify="right")
     for _, module in columns:
