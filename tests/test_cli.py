@@ -40,7 +40,7 @@ def test_json_goes_to_stdout_and_notes_to_stderr(graft):
     doc = json.loads(result.stdout)
     assert {"id", "name", "version", "kind", "tensors", "bytes_new"} <= doc.keys()
     assert (doc["kind"], doc["tensors"]) == ("adapter", 24)
-    assert result.stderr == ""
+    assert result.stderr == "graft: no registered artifact looks like its parent\n"
 
 
 def test_progress_bar_on_a_terminal(tmp_path):
