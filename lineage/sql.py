@@ -54,7 +54,7 @@ def export_catalog(store: Store, out_dir: Path) -> list[Path]:
             fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{table}-")
             os.close(fd)
             try:
-                pq.write_table(con.execute(f"SELECT * FROM {table}").to_arrow_table(), tmp)
+                pq.write_table(con.sql(f"SELECT * FROM {table}").to_arrow_table(), tmp)
                 os.replace(tmp, target)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
