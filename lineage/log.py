@@ -29,7 +29,7 @@ def log(store: Store, ref: str, *, children: bool = False) -> tuple[str, list[Lo
             f"""
             WITH RECURSIVE walk(depth, id, via, relation, method) AS (
                 SELECT 1, {far}, {near}, relation, method FROM edges WHERE {near} = ?
-                UNION ALL
+                UNION  -- not ALL: merges of merges would repeat whole subtrees
                 SELECT w.depth + 1, e.{far}, e.{near}, e.relation, e.method
                 FROM walk w JOIN edges e ON e.{near} = w.id
                 WHERE w.depth < 1000

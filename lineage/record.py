@@ -5,22 +5,27 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from registry import Store
-from registry.catalog import bulk_insert
+from registry.catalog import Connection, bulk_insert
 
 
 def missing_pairs(store: Store, artifact_ids: list[str]) -> list[tuple[str, str]]:
     """(child, parent) edges among `artifact_ids` whose deltas are not computed yet."""
     with store.catalog.reading() as con:
-        rows = con.execute(
-            """
+        return missing_pairs_in(con, artifact_ids)
+
+
+def missing_pairs_in(con: Connection, artifact_ids: list[str]) -> list[tuple[str, str]]:
+    """`missing_pairs` on an open connection."""
+    rows = con.execute(
+        """
             SELECT e.child_id, e.parent_id FROM edges e
             WHERE e.child_id IN (SELECT unnest(?::VARCHAR[]))
               AND NOT EXISTS (SELECT 1 FROM delta_pairs d
                               WHERE d.child_id = e.child_id AND d.parent_id = e.parent_id)
             ORDER BY 1, 2
             """,
-            [artifact_ids],
-        ).fetchall()
+        [artifact_ids],
+    ).fetchall()
     return [(c, p) for c, p in rows]
 
 

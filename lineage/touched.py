@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from lineage.diff import DiffRow
 from lineage.names import adapter_key, place_of
-from lineage.record import ensure_deltas
+from lineage.record import ensure_deltas, missing_pairs_in
 from registry import ArtifactNotFound, Store
+from registry.catalog import Connection
 
 
 @dataclass(frozen=True)
@@ -21,21 +22,27 @@ def touched(store: Store, ref: str) -> list[Touch]:
     """Every tensor `ref` changed against its parent(s), in layer order."""
     with store.catalog.reading() as con:
         artifact_id = store.resolve(con, ref)
+        if not missing_pairs_in(con, [artifact_id]):  # the usual case: one connection
+            return _touches(con, artifact_id)
     ensure_deltas(store, [artifact_id])
     with store.catalog.reading() as con:
-        rows = con.execute(
-            """
-            SELECT d.tensor, d.layer, d.block, d.module, d.status, d.rel_change,
-                   d.frac_changed, d.max_abs, d.stable_rank, d.rank, d.old_shape, d.new_shape,
-                   p.name || '@' || p.version
-            FROM tensor_deltas d
-            JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
-            JOIN artifacts p ON p.id = d.parent_id
-            WHERE d.child_id = ? AND d.status <> 'identical'
-            ORDER BY d.layer NULLS FIRST, d.tensor, 13
-            """,
-            [artifact_id],
-        ).fetchall()
+        return _touches(con, artifact_id)
+
+
+def _touches(con: Connection, artifact_id: str) -> list[Touch]:
+    rows = con.execute(
+        """
+        SELECT d.tensor, d.layer, d.block, d.module, d.status, d.rel_change,
+               d.frac_changed, d.max_abs, d.stable_rank, d.rank, d.old_shape, d.new_shape,
+               p.name || '@' || p.version
+        FROM tensor_deltas d
+        JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
+        JOIN artifacts p ON p.id = d.parent_id
+        WHERE d.child_id = ? AND d.status <> 'identical'
+        ORDER BY d.layer NULLS FIRST, d.tensor, 13
+        """,
+        [artifact_id],
+    ).fetchall()
     return [Touch(*row) for row in rows]
 
 
@@ -77,21 +84,27 @@ def touched_by_method(store: Store, method: str) -> MethodTouches:
                 f"no artifact was made by method {method!r}",
                 f"methods in the store: {', '.join(methods) or 'none recorded'}",
             )
-    ids = [i for i, _ in found]
+        ids = [i for i, _ in found]
+        if not missing_pairs_in(con, ids):  # the usual case: one connection
+            return MethodTouches(method, [r for _, r in found], _cells(con, ids))
     ensure_deltas(store, ids)
     with store.catalog.reading() as con:
-        rows = con.execute(
-            """
-            SELECT d.layer, d.block, d.module, count(DISTINCT d.child_id),
-                   avg(d.rel_change), max(d.rel_change)
-            FROM tensor_deltas d
-            JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
-            WHERE d.child_id IN (SELECT unnest(?::VARCHAR[])) AND d.status <> 'identical'
-            GROUP BY ALL ORDER BY 1 NULLS FIRST, 2, 3
-            """,
-            [ids],
-        ).fetchall()
-    return MethodTouches(method, [r for _, r in found], [TouchCell(*row) for row in rows])
+        return MethodTouches(method, [r for _, r in found], _cells(con, ids))
+
+
+def _cells(con: Connection, ids: list[str]) -> list[TouchCell]:
+    rows = con.execute(
+        """
+        SELECT d.layer, d.block, d.module, count(DISTINCT d.child_id),
+               avg(d.rel_change), max(d.rel_change)
+        FROM tensor_deltas d
+        JOIN edges e ON e.child_id = d.child_id AND e.parent_id = d.parent_id
+        WHERE d.child_id IN (SELECT unnest(?::VARCHAR[])) AND d.status <> 'identical'
+        GROUP BY ALL ORDER BY 1 NULLS FIRST, 2, 3
+        """,
+        [ids],
+    ).fetchall()
+    return [TouchCell(*row) for row in rows]
 
 
 def layers_of(store: Store, ref: str) -> list[int]:
