@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import functools
 import json
 import os
 import platform
@@ -160,15 +159,14 @@ class Lineage:
 
 
 def walk_rows(links: list[list[int]], start: int) -> int:
-    """How many rows `graft log` returns from `start`: one per path, as its
-    recursive query walks paths (UNION ALL), not distinct artifacts."""
-
-    @functools.cache
-    def rows(n: int) -> int:
-        return sum(1 + rows(m) for m in links[n])
-
-    sys.setrecursionlimit(max(10_000, 4 * len(links)))
-    return rows(start)
+    """How many rows `graft log` returns from `start`: its recursive query (UNION)
+    keeps one row per distinct (depth, artifact, reached-from) triple."""
+    total, frontier = 0, {start}
+    while frontier:
+        step = {(m, n) for n in frontier for m in links[n]}
+        total += len(step)
+        frontier = {m for m, _ in step}
+    return total
 
 
 def reachable(links: list[list[int]], start: int) -> int:
