@@ -26,12 +26,9 @@ The table goes to stdout; progress goes to stderr. MB means 10**6 bytes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import resource
 import shutil
@@ -43,6 +40,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import graft_command, log, machine_line
 
 MB = 1_000_000
 SEED = 1234
@@ -56,10 +55,6 @@ MIN_LAYERS = 16
 GOAL_ADD_VS_CP = 0.8  # add throughput >= 0.8x cp -r
 GOAL_READD_VS_CP = 3.0  # re-add >= 3x faster than cp -r
 GOAL_RSS_MB = 300.0  # peak RSS of `graft add`
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # -- the model -------------------------------------------------------------
@@ -269,47 +264,6 @@ def peak_rss_mb(cmd: Sequence[str]) -> tuple[float, str]:
     if p.returncode != 0:
         raise SystemExit(f"bench: command failed: {' '.join(cmd)}")
     return usage.ru_maxrss * 1024 / MB, "wait4() ru_maxrss"
-
-
-def graft_command(arg: str | None) -> list[str]:
-    if arg:
-        return arg.split()
-    beside = Path(sys.executable).parent / "graft"
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("graft")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from tui.cli import main; main()"]
-
-
-# -- the machine -----------------------------------------------------------
-
-
-def machine_line(workdir: Path) -> str:
-    cpu = "unknown CPU"
-    ram = "? GB RAM"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) * 1024 / 1e9:.1f} GB RAM"
-                break
-    except OSError:
-        pass
-    fs = "?"
-    for cmd in (["findmnt", "-n", "-o", "FSTYPE", "-T"], ["stat", "-f", "-c", "%T"]):
-        with contextlib.suppress(OSError, SystemExit):
-            fs = run([*cmd, str(workdir)]).stdout.strip()
-            break
-    return (
-        f"machine: {os.cpu_count()} CPUs ({cpu}), {ram}, workdir fs {fs}; "
-        f"Python {platform.python_version()} on {platform.system()} {platform.release()}; "
-        f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')}"
-    )
 
 
 # -- main ------------------------------------------------------------------

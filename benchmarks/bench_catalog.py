@@ -45,11 +45,8 @@ The table goes to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -64,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from common import graft_command, log, machine_line
 
 import lineage
 from registry import Store
@@ -108,13 +106,6 @@ FINETUNES = {"sft", "dpo", "orpo", "kto"}
 MERGES = {"ties", "dare_ties", "slerp"}
 
 TABLES = ("artifacts", "tensors", "files", "edges", "tensor_deltas", "delta_pairs")
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-# -- the synthetic lineage ---------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -596,49 +587,12 @@ def run(cmd: Sequence[str]) -> str:
     return proc.stdout
 
 
-def graft_command(arg: str | None) -> list[str]:
-    if arg:
-        return arg.split()
-    beside = Path(sys.executable).parent / "graft"
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("graft")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from tui.cli import main; main()"]
-
-
 def expect(what: str, got: object, want: object) -> None:
     if got != want:
         raise SystemExit(f"bench: {what}: got {got!r}, expected {want!r}")
 
 
 # -- the machine -------------------------------------------------------------
-
-
-def machine_line(workdir: Path) -> str:
-    cpu, ram = "unknown CPU", "? GB RAM"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) * 1024 / 1e9:.1f} GB RAM"
-                break
-    fs = "?"
-    for cmd in (["findmnt", "-n", "-o", "FSTYPE", "-T"], ["stat", "-f", "-c", "%T"]):
-        with contextlib.suppress(OSError, SystemExit):
-            fs = run([*cmd, str(workdir)]).strip()
-            break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {usable} CPUs usable of {os.cpu_count()} ({cpu}), {ram}, workdir fs {fs}; "
-        f"Python {platform.python_version()}, DuckDB {duckdb.__version__} "
-        f"on {platform.system()} {platform.release()}; "
-        f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')}"
-    )
 
 
 # -- main --------------------------------------------------------------------
@@ -866,7 +820,7 @@ def bench(work: Path, n_artifacts: int, n_tensors: int, repeats: int, graft: lis
             f"its query take less than {GOAL_MS - startup:.0f} ms; the API rows are what the "
             "queries themselves cost."
         )
-    print(machine_line(work))
+    print(machine_line(work, extra=f", DuckDB {duckdb.__version__}"))
     failed = [r[0] for r in rows if r[-1] == "FAIL"]
     return 1 if failed else 0
 
