@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import graft_command, log, machine_line
+from common import graft_command, log, machine_line, print_table
 
 MB = 1_000_000
 SEED = 1234
@@ -426,13 +426,6 @@ def bench(work: Path, target_bytes: int, repeats: int, graft: list[str]) -> int:
     ]
     header = ["operation", "median s", "range s", "CPU s", "MB/s", "vs cp", "vs cp+sync"]
     header += ["goal", "result"]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    numeric = {1, 2, 3, 4, 5, 6}
-
-    def fmt(r: list[str]) -> str:
-        cells = [r[c].rjust(w) if c in numeric else r[c].ljust(w) for c, w in enumerate(widths)]
-        return "  ".join(cells).rstrip()
-
     print(
         f"graft add benchmark: {size / MB:.1f} MB in {len(files)} files "
         f"({n_tensors} bf16 tensors; hidden {shape.hidden}, {shape.layers} layers, "
@@ -440,10 +433,7 @@ def bench(work: Path, target_bytes: int, repeats: int, graft: list[str]) -> int:
         f"median of {repeats} interleaved rounds after 1 warm-up round; warm page cache, "
         f"untimed sync before each run"
     )
-    print(fmt(header))
-    print(fmt(["-" * w for w in widths]))
-    for r in rows:
-        print(fmt(r))
+    print_table(header, rows, numeric={1, 2, 3, 4, 5, 6})
     print(
         f"vs = baseline time / op time (higher is faster); CPU s = user+sys of the child "
         f"processes. Bytes new per add: "

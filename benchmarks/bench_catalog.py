@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from common import graft_command, log, machine_line
+from common import graft_command, log, machine_line, print_table
 
 import lineage
 from registry import Store
@@ -772,13 +772,6 @@ def bench(work: Path, n_artifacts: int, n_tensors: int, repeats: int, graft: lis
             ]
         )
     header = ["operation", "median ms", "range ms", "vs floor", "over floor ms", "goal", "result"]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    numeric = {1, 2, 3, 4}
-
-    def fmt(r: list[str]) -> str:
-        cells = [r[c].rjust(w) if c in numeric else r[c].ljust(w) for c, w in enumerate(widths)]
-        return "  ".join(cells).rstrip()
-
     n_deltas = before["tensor_deltas"]
     print(
         f"graft catalog benchmark: {len(lin)} artifacts × {len(names)} tensors "
@@ -797,10 +790,7 @@ def bench(work: Path, n_artifacts: int, n_tensors: int, repeats: int, graft: lis
         f"log {ref[wide]} "
         f"--children ({wide_rows} descendant rows, {reachable(children, wide)} distinct)"
     )
-    print(fmt(header))
-    print(fmt(["-" * w for w in widths]))
-    for r in rows:
-        print(fmt(r))
+    print_table(header, rows, numeric={1, 2, 3, 4})
     print(
         "vs floor = median / the floor's median (API rows: the SELECT count(*) read; CLI rows: "
         "graft --help); over floor = the difference, i.e. what the query itself costs. "

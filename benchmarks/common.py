@@ -54,3 +54,17 @@ def machine_line(workdir: Path, *, extra: str = "") -> str:
         f"Python {platform.python_version()}{extra} on {platform.system()} {platform.release()}; "
         f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')}"
     )
+
+
+def print_table(header: list[str], rows: list[list[str]], numeric: set[int]) -> None:
+    """Aligned columns on stdout; the columns in `numeric` right-aligned."""
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        cells = [r[c].rjust(w) if c in numeric else r[c].ljust(w) for c, w in enumerate(widths)]
+        return "  ".join(cells).rstrip()
+
+    print(fmt(header))
+    print(fmt(["-" * w for w in widths]))
+    for r in rows:
+        print(fmt(r))
