@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lineage.names import adapter_key
+from lineage.names import base_tensor_of
 from lineage.record import record_deltas
 from registry import ArtifactNotFound, GraftError, Manifest, Store
 
@@ -59,11 +59,7 @@ def diff(store: Store, a: str, b: str) -> tuple[str, str, list[DiffRow]]:
 
 def _base_names(m: Manifest) -> set[str]:
     """Tensor names, with adapter keys mapped to the base tensors they modify."""
-    out = set()
-    for _, t in m.tensors:
-        key = adapter_key(t.name)
-        out.add(key.base_tensor if key else t.name)
-    return out
+    return {base_tensor_of(t.name) for _, t in m.tensors}
 
 
 @dataclass(frozen=True)
@@ -122,9 +118,6 @@ def series(store: Store, run: str) -> Series:
             """,
             [base_id, ids],
         ).fetchall()
-        base_ref = con.execute(
-            "SELECT name || '@' || version FROM artifacts WHERE id = ?", [base_id]
-        ).fetchone()
     by_layer: dict[int | None, dict[str, float]] = {}
     for layer, child, value in found:
         by_layer.setdefault(layer, {})[child] = value
@@ -132,4 +125,5 @@ def series(store: Store, run: str) -> Series:
         LayerGrowth(layer, [by_layer[layer].get(i) for i in ids])
         for layer in sorted(by_layer, key=lambda x: (x is not None, x or 0))
     ]
-    return Series(run, str(base_ref[0]) if base_ref else base_id, [r for _, _, r in steps], layers)
+    base_ref = store.load_manifest(base_id).ref
+    return Series(run, base_ref, [r for _, _, r in steps], layers)

@@ -391,3 +391,9 @@ def adapter_key(key: str) -> AdapterKey | None:
         inner = tail if len(tail) == 1 else tail[1:]
         return AdapterKey(f"{module}.{'.'.join(inner)}", module, "modules_to_save")
     return None
+
+
+def base_tensor_of(name: str) -> str:
+    """The base model's tensor `name` is, or modifies when it is an adapter key."""
+    key = adapter_key(name)
+    return key.base_tensor if key else name

@@ -18,12 +18,12 @@ def missing_pairs_in(con: Connection, artifact_ids: list[str]) -> list[tuple[str
     """`missing_pairs` on an open connection."""
     rows = con.execute(
         """
-            SELECT e.child_id, e.parent_id FROM edges e
-            WHERE e.child_id IN (SELECT unnest(?::VARCHAR[]))
-              AND NOT EXISTS (SELECT 1 FROM delta_pairs d
-                              WHERE d.child_id = e.child_id AND d.parent_id = e.parent_id)
-            ORDER BY 1, 2
-            """,
+        SELECT e.child_id, e.parent_id FROM edges e
+        WHERE e.child_id IN (SELECT unnest(?::VARCHAR[]))
+          AND NOT EXISTS (SELECT 1 FROM delta_pairs d
+                          WHERE d.child_id = e.child_id AND d.parent_id = e.parent_id)
+        ORDER BY 1, 2
+        """,
         [artifact_ids],
     ).fetchall()
     return [(c, p) for c, p in rows]
@@ -68,7 +68,13 @@ def _not_done(store: Store, pairs: list[tuple[str, str]]) -> list[tuple[str, str
     if not pairs:
         return []
     with store.catalog.reading() as con:
-        done = set(con.execute("SELECT child_id, parent_id FROM delta_pairs").fetchall())
+        done = set(
+            con.execute(
+                "SELECT child_id, parent_id FROM delta_pairs "
+                "WHERE child_id IN (SELECT unnest(?::VARCHAR[]))",
+                [sorted({child for child, _ in pairs})],
+            ).fetchall()
+        )
     return [p for p in pairs if p not in done]
 
 

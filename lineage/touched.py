@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lineage.diff import DiffRow
-from lineage.names import adapter_key, place_of
+from lineage.names import place_of
 from lineage.record import ensure_deltas, missing_pairs_in
 from registry import ArtifactNotFound, Store
 from registry.catalog import Connection
@@ -109,7 +109,5 @@ def _cells(con: Connection, ids: list[str]) -> list[TouchCell]:
 
 def layers_of(store: Store, ref: str) -> list[int]:
     """The layer indices an artifact's tensors (or the base tensors it adapts) sit in."""
-    names = [t.name for _, t in store.resolve_ref(ref).tensors]
-    keys = [adapter_key(n) for n in names]
-    layers = {place_of(k.base_tensor if k else n).layer for n, k in zip(names, keys, strict=True)}
+    layers = {place_of(t.name).layer for _, t in store.resolve_ref(ref).tensors}
     return sorted(layer for layer in layers if layer is not None)
