@@ -4,7 +4,7 @@ Computing deltas needs torch (`lineage.deltas`); importing this package does not
 """
 
 from lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
-from lineage.infer import Suggestion, guess_parent
+from lineage.infer import ParentGuesser, Suggestion, guess_parent
 from lineage.log import LogEntry, log
 from lineage.names import AdapterKey, Place, adapter_key, place_of
 from lineage.record import ensure_deltas, recompute
@@ -26,6 +26,7 @@ __all__ = [
     "LogEntry",
     "MethodTouches",
     "NothingInCommon",
+    "ParentGuesser",
     "Place",
     "QueryResult",
     "Series",

@@ -40,6 +40,21 @@ def guess_parent(
     return _shared_blobs(store, tensors, exclude) or _nearest(store, tensors, exclude)
 
 
+class ParentGuesser:
+    """A `choose_parent` for `registry.add` that keeps what it suggested, so a
+    front end can say what the recorded parent rests on."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.asked = False
+        self.suggestion: Suggestion | None = None
+
+    def __call__(self, files: tuple[FileRecord, ...]) -> str | None:
+        self.asked = True
+        self.suggestion = guess_parent(self.store, files)
+        return self.suggestion.parent_id if self.suggestion else None
+
+
 def _shared_blobs(
     store: Store, tensors: list[TensorRecord], exclude: str | None
 ) -> Suggestion | None:

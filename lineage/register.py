@@ -7,9 +7,9 @@ from typing import Any
 
 from lineage.declared import base_candidates, declared_lineage
 from lineage.hub import is_hub_ref, resolve_hub
-from lineage.infer import guess_parent
+from lineage.infer import ParentGuesser
 from lineage.record import ensure_deltas
-from registry import AddResult, ArtifactNotFound, FileRecord, Store, add
+from registry import AddResult, ArtifactNotFound, Store, add
 
 
 def register(
@@ -44,15 +44,10 @@ def register(
         if parent is None and declared.base:
             parent = _registered(store, base_candidates(declared.base), path / declared.base)
     if parent is None and infer_parent:
-        options["choose_parent"] = lambda files: _guessed(store, files)
+        options["choose_parent"] = ParentGuesser(store)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
     ensure_deltas(store, [result.manifest.id])
     return result
-
-
-def _guessed(store: Store, files: tuple[FileRecord, ...]) -> str | None:
-    suggestion = guess_parent(store, files)
-    return suggestion.parent_id if suggestion else None
 
 
 def _registered(store: Store, names: list[str], as_path: Path) -> str | None:

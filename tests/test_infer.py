@@ -72,3 +72,22 @@ def test_suggestion_without_the_flag_is_only_a_note(graft, tmp_path):
     result = graft("add", child)
     assert "likely parent base@1" in result.stderr and "--infer-parent" in result.stderr
     assert graft_json(graft, "show", "tuned")["ancestors"] == []
+
+
+def test_declared_base_is_not_reported_as_inferred(graft):
+    graft("add", SAMPLES / "tiny-llama")
+    result = graft("add", SAMPLES / "lora-copy", "--infer-parent")
+    assert "graft: parent tiny-llama@1 (the base its files declare)" in result.stderr
+    assert "inferred" not in result.stderr
+
+
+def test_register_api_can_infer_the_parent(store: Store, tmp_path):
+    from lineage import register
+
+    base = make_model(tmp_path / "base", seed=1)
+    register(base, store=store)
+    child = _perturbed(base / "model.safetensors", tmp_path / "tuned", 0.01, seed=3)
+    assert register(child, store=store).manifest.parents == ()
+    other = _perturbed(base / "model.safetensors", tmp_path / "tuned2", 0.02, seed=4)
+    [parent] = register(other, store=store, infer_parent=True).manifest.parents
+    assert parent.id == store.resolve_ref("base").id

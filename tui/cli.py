@@ -115,6 +115,7 @@ def add(
     With a parent, it also records which tensors changed against it (`graft touched`).
     """
     pairs = dict(_key_value(m) for m in meta)
+    guesser = lineage.ParentGuesser(store) if infer_parent else None
     with render.progress(f"adding {path.name}") as on_progress:
         result = lineage.register(
             path,
@@ -124,18 +125,21 @@ def add(
             method=method,
             meta=pairs,
             kind=kind,
-            infer_parent=infer_parent,
+            choose_parent=guesser,
             allow_pickle=allow_pickle,
             on_progress=on_progress,
         )
     m = result.manifest
     suggestion = None
-    if parent is None and not result.existed and (infer_parent or not m.parents):
-        suggestion = lineage.guess_parent(store, m.files, exclude=m.id)
+    if guesser and guesser.asked:  # no declared base: the guess decided
+        suggestion = guesser.suggestion
         render.err.print(_suggestion_note(suggestion, recorded=bool(m.parents)), markup=False)
+    elif parent is None and not result.existed and not m.parents:
+        suggestion = lineage.guess_parent(store, m.files, exclude=m.id)
+        render.err.print(_suggestion_note(suggestion, recorded=False), markup=False)
     for note in result.skipped:
         render.err.print(f"graft: skipped {note}", markup=False)
-    if parent is None and m.parents and not result.existed and not infer_parent:
+    if parent is None and m.parents and not result.existed and not (guesser and guesser.asked):
         render.err.print(
             f"graft: parent {_ref_of(store, m.parents[0].id)} (the base its files declare)",
             markup=False,
