@@ -31,6 +31,7 @@ from registry.errors import (
 from registry.manifest import FileRecord, Kind, Manifest, Parent, Relation, TensorRecord, content_id
 from registry.safetensors_header import SafetensorsHeader, read_header
 from registry.sources import Source, scan
+from registry.statcache import file_identity
 from registry.store import Store
 
 OnProgress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -223,7 +224,7 @@ def _store_file(
             else:
                 blob, n = store.blobs.put_range(f, 0, st.st_size, on_bytes)
                 record = FileRecord(path=rel, size=st.st_size, blob=blob)
-            if _identity(os.fstat(f.fileno())) != _identity(st):
+            if file_identity(os.fstat(f.fileno())) != file_identity(st):
                 raise EOFError("modified during the add")
     except EOFError as e:
         raise SourceChanged(
@@ -237,10 +238,6 @@ def _store_file(
     if cacheable:
         store.stat_cache.put(file_path, st, record)
     return record, n
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _path_of(item: Path | SafetensorsHeader) -> Path:

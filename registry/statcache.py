@@ -24,7 +24,8 @@ from registry.manifest import FileRecord, TensorRecord
 RACY_SECONDS = 3
 
 
-def _identity(st: os.stat_result) -> list[int]:
+def file_identity(st: os.stat_result) -> list[int]:
+    """What changes whenever a file's content may have: device, inode, size, mtime, ctime."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -41,7 +42,7 @@ class StatCache:
         """The record `path` had when added, if it provably has not changed since."""
         try:
             entry = json.loads(self._entry(path).read_bytes())
-            if entry["identity"] != _identity(st):
+            if entry["identity"] != file_identity(st):
                 return None
             r = entry["record"]
             record = FileRecord(
@@ -60,7 +61,7 @@ class StatCache:
     def put(self, path: Path, st: os.stat_result, record: FileRecord) -> None:
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 10**9:
             return
-        entry = {"identity": _identity(st), "record": asdict(record)}
+        entry = {"identity": file_identity(st), "record": asdict(record)}
         with contextlib.suppress(OSError):  # a cache that cannot be written is no cache
             write_atomic(self._entry(path), json.dumps(entry).encode(), self.tmp_dir)
 
