@@ -17,13 +17,13 @@ Memory stays bounded by a few copies of the largest tensor compared.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from lineage.adapter_config import lora_scale
 from lineage.names import Place, adapter_key, place_of
 from lineage.tensors import FLOAT_DTYPES, companion_json, load_f32, tensors_by_name
 from registry import Manifest, Store, TensorRecord
@@ -172,22 +172,9 @@ def adapter_deltas(store: Store, adapter: Manifest, base: Manifest) -> list[Tens
         f = factors[tensor]
         if f.a is None or f.b is None:
             continue  # a lone factor changes nothing
-        scale = _scale(config, modules[tensor], rank=f.a.shape[0])
+        scale = lora_scale(config, modules[tensor], rank=f.a.shape[0])
         out.append(_lora_delta(tensor, place, store, f.a, f.b, scale, base_record))
     return out
-
-
-def _scale(config: dict, module: str, *, rank: int) -> float:
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-
-
-def _pattern_value(patterns: dict, module: str, default: float) -> float:
-    """PEFT's rank/alpha_pattern: a key matches a module path that ends with it."""
-    for pattern, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
-            return float(value)
-    return float(default)
 
 
 def _lora_delta(

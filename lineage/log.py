@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from registry import Store
 
@@ -18,6 +20,7 @@ class LogEntry:
     relation: str  # how the child relates to the parent
     method: str | None
     via: str  # NAME@N of the neighbour one step closer
+    params: dict[str, Any] = field(default_factory=dict)  # e.g. a merge input's weight
 
 
 def log(store: Store, ref: str, *, children: bool = False) -> tuple[str, list[LogEntry]]:
@@ -27,15 +30,15 @@ def log(store: Store, ref: str, *, children: bool = False) -> tuple[str, list[Lo
         artifact_id = store.resolve(con, ref)
         rows = con.execute(
             f"""
-            WITH RECURSIVE walk(depth, id, via, relation, method) AS (
-                SELECT 1, {far}, {near}, relation, method FROM edges WHERE {near} = ?
+            WITH RECURSIVE walk(depth, id, via, relation, method, params) AS (
+                SELECT 1, {far}, {near}, relation, method, params FROM edges WHERE {near} = ?
                 UNION  -- not ALL: merges of merges would repeat whole subtrees
-                SELECT w.depth + 1, e.{far}, e.{near}, e.relation, e.method
+                SELECT w.depth + 1, e.{far}, e.{near}, e.relation, e.method, e.params
                 FROM walk w JOIN edges e ON e.{near} = w.id
                 WHERE w.depth < 1000
             )
             SELECT w.depth, a.id, a.name || '@' || a.version, a.kind, w.relation, w.method,
-                   v.name || '@' || v.version
+                   v.name || '@' || v.version, w.params
             FROM walk w JOIN artifacts a ON a.id = w.id JOIN artifacts v ON v.id = w.via
             ORDER BY w.depth, 3
             """,
@@ -44,4 +47,7 @@ def log(store: Store, ref: str, *, children: bool = False) -> tuple[str, list[Lo
         me = con.execute(
             "SELECT name || '@' || version FROM artifacts WHERE id = ?", [artifact_id]
         ).fetchone()
-    return str(me[0]) if me else artifact_id, [LogEntry(*row) for row in rows]
+    return str(me[0]) if me else artifact_id, [
+        LogEntry(depth, id_, ref_, kind, relation, method, via, json.loads(params or "{}"))
+        for depth, id_, ref_, kind, relation, method, via, params in rows
+    ]

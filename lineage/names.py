@@ -284,6 +284,14 @@ def place_of(tensor_name: str) -> Place:
 
 
 @lru_cache(maxsize=1 << 14)
+def with_layer(tensor_name: str, layer: int) -> str:
+    """`tensor_name` moved to layer `layer` of the stack (unchanged outside it)."""
+    found = _LAYER.search(tensor_name)
+    if found is None:
+        return tensor_name
+    return f"{tensor_name[: found.start(1)]}{layer}{tensor_name[found.end(1) :]}"
+
+
 def _read_shape(shape: str) -> tuple[Block, str]:
     """Block and module of a name whose layer index, if any, is `_INDEX`."""
     parts = [p for p in shape.split(".") if p not in _PEFT_WRAPPERS]

@@ -15,11 +15,21 @@ def missing_pairs(store: Store, artifact_ids: list[str]) -> list[tuple[str, str]
 
 
 def missing_pairs_in(con: Connection, artifact_ids: list[str]) -> list[tuple[str, str]]:
-    """`missing_pairs` on an open connection."""
+    """`missing_pairs` on an open connection.
+
+    A merge with a base is compared with its base only, and a full model is
+    never compared with an adapter it was folded from: those deltas say nothing.
+    """
     rows = con.execute(
         """
         SELECT e.child_id, e.parent_id FROM edges e
+        JOIN artifacts c ON c.id = e.child_id
+        JOIN artifacts p ON p.id = e.parent_id
         WHERE e.child_id IN (SELECT unnest(?::VARCHAR[]))
+          AND NOT (c.kind <> 'adapter' AND p.kind = 'adapter')
+          AND (json_extract_string(e.params, '$.role') IS NOT DISTINCT FROM 'base'
+               OR NOT EXISTS (SELECT 1 FROM edges b WHERE b.child_id = e.child_id
+                              AND json_extract_string(b.params, '$.role') = 'base'))
           AND NOT EXISTS (SELECT 1 FROM delta_pairs d
                           WHERE d.child_id = e.child_id AND d.parent_id = e.parent_id)
         ORDER BY 1, 2

@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,11 +64,14 @@ def add(
     allow_pickle: bool = False,
     on_progress: OnProgress | None = None,
     choose_parent: Callable[[tuple[FileRecord, ...]], str | None] | None = None,
+    links: Sequence[Parent] = (),
 ) -> AddResult:
     """Register `path`; return the (new or existing) artifact and what was written.
 
-    Without `parent`, `choose_parent` may name one (an id) once the files'
-    blobs are known, before the manifest is written.
+    `parent` (a REF) gets the relation that suits the kind; `links` are
+    further edges with their own relation and params (a merge's inputs; their
+    `id` may be any REF). Without either, `choose_parent` may name a parent
+    (an id) once the files' blobs are known, before the manifest is written.
     """
     path = Path(path)
     source = scan(path)
@@ -80,17 +83,19 @@ def add(
             "torch.load(weights_only=True)",
         )
     parent_id = _parent_id(store, parent) if parent else None
+    links = [replace(link, id=_parent_id(store, link.id)) for link in links]
 
     with store.pin_blobs(), tempfile.TemporaryDirectory(dir=store.tmp_dir) as scratch:
         weights = {**source.weights, **_convert_pickles(source, Path(scratch))}
         files, bytes_new = _store_files(store, source, weights, on_progress)
         artifact_id = content_id(files)
         existing = _existing(store, artifact_id)
-        if existing and parent_id:
-            _refuse_cycle(store, existing, parent_id)
+        if existing:
+            for linked in ([parent_id] if parent_id else []) + [link.id for link in links]:
+                _refuse_cycle(store, existing, linked)
         if existing and _indexed(store, artifact_id):  # the common re-add: no write lock
             return AddResult(existing, bytes_new, True, source.skipped)
-        if parent_id is None and choose_parent:
+        if parent_id is None and not links and choose_parent:
             parent_id = choose_parent(files)
         with store.catalog.writing() as con:
             store.sync_catalog(con)
@@ -106,7 +111,10 @@ def add(
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 source=str(path.absolute()),
                 files=files,
-                parents=(Parent(parent_id, RELATION_OF_KIND[chosen_kind]),) if parent_id else (),
+                parents=(
+                    *([Parent(parent_id, RELATION_OF_KIND[chosen_kind])] if parent_id else []),
+                    *links,
+                ),
                 method=method,
                 meta=dict(meta or {}),
             )

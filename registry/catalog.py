@@ -204,7 +204,13 @@ def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStor
                 )
         for p in m.parents:
             edges.append(
-                {"child_id": m.id, "parent_id": p.id, "relation": p.relation, "method": m.method}
+                {
+                    "child_id": m.id,
+                    "parent_id": p.id,
+                    "relation": p.relation,
+                    "method": m.method,
+                    "params": json.dumps(p.params),
+                }
             )
     bulk_insert(con, "artifacts", artifacts)
     bulk_insert(con, "files", files)

@@ -58,8 +58,11 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class Parent:
+    """An edge to a parent; `params` says how it was used (a merge's weight, density...)."""
+
     id: str
     relation: Relation
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

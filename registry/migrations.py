@@ -114,6 +114,22 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         GROUP BY ALL;
         """,
     ),
+    (
+        "0004_edge_params",
+        """
+        -- How a parent was used: a merge input's weight, density, ... (JSON object).
+        ALTER TABLE edges ADD COLUMN params JSON;
+        CREATE OR REPLACE VIEW artifact_lineage AS
+        WITH RECURSIVE walk(artifact_id, ancestor_id, depth, relation, method, params) AS (
+            SELECT child_id, parent_id, 1, relation, method, params FROM edges
+            UNION ALL
+            SELECT w.artifact_id, e.parent_id, w.depth + 1, e.relation, e.method, e.params
+            FROM walk w JOIN edges e ON e.child_id = w.ancestor_id
+            WHERE w.depth < 1000
+        )
+        SELECT * FROM walk;
+        """,
+    ),
 )
 
 LATEST = len(MIGRATIONS)

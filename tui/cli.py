@@ -332,6 +332,196 @@ def log_(store: Store, ref: str, children: bool, as_json: bool) -> None:
         render.out.print(lineage_views.log_tree(me, entries, children=children))
 
 
+def merge_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `merge` and `fold`."""
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option(
+            "--out",
+            "out_dir",
+            required=True,
+            type=click.Path(path_type=Path),
+            help="Folder to write (must not exist, or be empty).",
+        ),
+        click.option(
+            "--name", help="Name of the registered result [default: the --out folder's name]."
+        ),
+        click.option(
+            "--device",
+            default="cpu",
+            show_default=True,
+            help="Where to compute: cpu, cuda, cuda:N.",
+        ),
+        click.option(
+            "--out-shard-size",
+            default="5GB",
+            show_default=True,
+            metavar="SIZE",
+            help="Largest output shard, e.g. 2GB or 500MB.",
+        ),
+        click.option(
+            "--no-register", is_flag=True, help="Only write the folder; leave the store alone."
+        ),
+        json_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of DARE/DELLA's random masks.")
+@click.option(
+    "--rank",
+    type=int,
+    help="Rank of a merged adapter (inputs all adapters; default: the sum of theirs).",
+)
+@merge_options
+@click.pass_context
+def merge(
+    ctx: click.Context,
+    config: Path,
+    seed: int,
+    rank: int | None,
+    out_dir: Path,
+    name: str | None,
+    device: str,
+    out_shard_size: str,
+    no_register: bool,
+    as_json: bool,
+) -> None:
+    """Merge models as a mergekit-style YAML CONFIG says; register the result.
+
+    Inputs are registered artifacts, local folders, or BASE+ADAPTER (a LoRA
+    folded into its base). When every input is a LoRA adapter, the result is
+    one adapter: exact for linear/task_arithmetic, else cut to --rank by SVD.
+    Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
+    breadcrumbs_ties, della, della_linear, slerp, model_stock, passthrough.
+    """
+    from merge.api import merge_models
+    from merge.config import load_config
+
+    parsed = load_config(config)
+    store = None if no_register and not _needs_store(parsed) else Store.open(ctx.obj["store"])
+    with render.tensor_progress(f"merging ({parsed.method.name})") as bar:
+        outcome = merge_models(
+            parsed,
+            out_dir,
+            store=store,
+            register=not no_register,
+            name=name,
+            seed=seed,
+            rank=rank,
+            device=device,
+            shard_size=_size(out_shard_size),
+            on_progress=lambda p: bar(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total),
+        )
+    _report_merge(outcome, as_json)
+
+
+@cli.command()
+@click.argument("adapter")
+@click.option("--base", metavar="REF", help="Base model [default: the adapter's recorded parent].")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    help="Output dtype [default: the base's].",
+)
+@merge_options
+@click.pass_context
+def fold(
+    ctx: click.Context,
+    adapter: str,
+    base: str | None,
+    dtype: str | None,
+    out_dir: Path,
+    name: str | None,
+    device: str,
+    out_shard_size: str,
+    no_register: bool,
+    as_json: bool,
+) -> None:
+    """Fold a LoRA ADAPTER into its base (PEFT merge_and_unload), tensor by tensor."""
+    from merge.api import fold_adapter
+
+    store = Store.open(ctx.obj["store"])
+    with render.tensor_progress("folding") as bar:
+        outcome = fold_adapter(
+            adapter,
+            out_dir,
+            store=store,
+            register=not no_register,
+            base=base,
+            dtype=dtype,
+            name=name,
+            device=device,
+            shard_size=_size(out_shard_size),
+            on_progress=lambda p: bar(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total),
+        )
+    _report_merge(outcome, as_json)
+
+
+def _report_merge(outcome: Any, as_json: bool) -> None:
+    r, m = outcome.result, outcome.manifest
+    if as_json:
+        render.print_json(
+            {
+                "out_dir": str(r.out_dir),
+                "files": r.files,
+                "tensors": r.tensors,
+                "bytes": r.bytes_written,
+                "touched": r.touched,
+                "seconds": round(r.seconds, 3),
+                "rank": r.rank,
+                "truncation_error": r.truncation_error,
+                "artifact": {"id": m.id, "ref": m.ref} if m else None,
+            }
+        )
+        return
+    render.out.print(
+        f"wrote {r.out_dir} ({r.tensors} tensors in {len(r.files)} file(s), "
+        f"{render.human_size(r.bytes_written)}, {len(r.touched)} changed) in {r.seconds:.1f} s",
+        markup=False,
+    )
+    if m:
+        render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`", markup=False)
+
+
+def _needs_store(config: Any) -> bool:
+    """Whether any model reference might name a registered artifact."""
+    refs = [m.model for m in config.models] + [
+        s.model for sl in config.slices or () for s in sl.sources
+    ]
+    parts = [p for ref in refs for p in ref.split("+")]
+    return not all(Path(p).exists() for p in parts)
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def _size(text: str) -> int:
+    number = text.strip().upper()
+    digits = number.rstrip("KMGIB")
+    unit = number[len(digits) :]
+    try:
+        value = float(digits)
+        scale = _UNITS[unit]
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{text!r} is not a size like 500MB or 2GB") from None
+    if value <= 0:
+        raise click.BadParameter(f"{text!r}: must be positive")
+    return int(value * scale)
+
+
 @cli.command()
 @click.argument("ref")
 @click.argument("out_dir", type=click.Path(path_type=Path))

@@ -142,6 +142,8 @@ def log_tree(me: str, entries: list[LogEntry], *, children: bool) -> Tree:
     nodes = {me: tree}
     for e in entries:
         how = e.relation + (f" by {e.method}" if e.method else "")
+        if e.params:
+            how += " (" + ", ".join(f"{k}={v}" for k, v in e.params.items()) + ")"
         arrow = "→" if children else "←"
         label = Text.assemble((e.ref, "bold"), f" ({e.kind}, {e.id[:12]}) {arrow} {how}")
         nodes[e.ref] = nodes.get(e.via, tree).add(label)

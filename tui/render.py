@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.filesize import decimal as human_size
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
@@ -67,6 +69,32 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
     def update(done: int, total: int) -> None:
         bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+@contextlib.contextmanager
+def tensor_progress(description: str) -> Iterator[Callable[[int, int, int, int], None]]:
+    """Tensors done / total and bytes/s on stderr (only when stderr is a terminal);
+    the callback takes (tensors done, tensors total, bytes done, bytes total)."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tensors {task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = bar.add_task(description, total=None, rate="")
+    started = time.monotonic()
+
+    def update(done: int, total: int, bytes_done: int, bytes_total: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        rate = f"{human_size(int(bytes_done / elapsed))}/s"
+        bar.update(task, completed=done, total=total, rate=rate)
 
     with bar:
         yield update

@@ -1,0 +1,181 @@
+"""The merge engine's entry points: config → plan → run → register.
+
+`merge_models` runs a mergekit-style config; `fold_adapter` folds one LoRA
+adapter into its base. Both write a folder transformers loads and, unless told
+not to, register it with `merge` edges to every input, carrying each input's
+role and parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lineage.record import ensure_deltas
+from lineage.register import register
+from merge.config import MergeConfig, parse_config
+from merge.errors import MergeConfigError
+from merge.inputs import FoldedModel, ModelSource, open_model
+from merge.plan import MergePlan, build_plan
+from merge.run import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
+from registry import ArtifactNotFound, Manifest, Parent, Store, add
+from registry.manifest import Relation
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    result: MergeResult
+    manifest: Manifest | None  # the registered output, unless registration was off
+
+
+def merge_models(
+    config: MergeConfig,
+    out_dir: Path,
+    *,
+    store: Store | None,
+    register: bool = True,
+    name: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    rank: int | None = None,
+    on_progress: Callable[[MergeProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> MergeOutcome:
+    """Plan and run `config` into `out_dir`; with `register`, add the output to
+    `store` (which also resolves registered model references). `rank` is that of
+    a merged adapter, when the inputs are adapters."""
+    plan = build_plan(config, store)
+    return _run_and_register(
+        plan,
+        out_dir,
+        store if register else None,
+        name,
+        seed,
+        device,
+        shard_size,
+        on_progress,
+        should_cancel,
+        rank,
+    )
+
+
+def fold_adapter(
+    adapter: str,
+    out_dir: Path,
+    *,
+    store: Store | None,
+    register: bool = True,
+    base: str | None = None,
+    dtype: str | None = None,
+    name: str | None = None,
+    device: str = "cpu",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    on_progress: Callable[[MergeProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> MergeOutcome:
+    """Fold `adapter` into `base` (default: the adapter's recorded parent, else
+    the base its adapter_config.json names) — PEFT's merge_and_unload, key by key."""
+    base = base or _recorded_base(adapter, store)
+    document: dict[str, object] = {
+        "merge_method": "passthrough",
+        "models": [{"model": f"{base}+{adapter}"}],
+    }
+    if dtype:
+        document["out_dtype"] = dtype
+    plan = replace(
+        build_plan(parse_config(document, source="fold"), store), method_name="lora_fold"
+    )
+    return _run_and_register(
+        plan, out_dir, store, name, 0, device, shard_size, on_progress, should_cancel
+    )
+
+
+def _recorded_base(adapter: str, store: Store | None) -> str:
+    source = open_model(adapter, store)
+    if store is not None and source.artifact_id:
+        manifest = store.load_manifest(source.artifact_id)
+        if manifest.parents:
+            return manifest.parents[0].id
+    declared = json.loads(source.companion("adapter_config.json") or b"{}")
+    named = declared.get("base_model_name_or_path") if isinstance(declared, dict) else None
+    if isinstance(named, str) and named:
+        if store is not None:
+            try:
+                return store.resolve_ref(named).id
+            except ArtifactNotFound:
+                pass
+        if source.path is not None and (source.path / named).exists():
+            return str(source.path / named)
+    raise MergeConfigError(
+        f"{adapter}: no base recorded for this adapter", "name one with --base REF"
+    )
+
+
+def _run_and_register(
+    plan: MergePlan,
+    out_dir: Path,
+    store: Store | None,
+    name: str | None,
+    seed: int,
+    device: str,
+    shard_size: int,
+    on_progress: Callable[[MergeProgress], None] | None,
+    should_cancel: Callable[[], bool] | None,
+    rank: int | None = None,
+) -> MergeOutcome:
+    result = run(
+        plan,
+        out_dir,
+        seed=seed,
+        device=device,
+        shard_size=shard_size,
+        rank=rank,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    if store is None:
+        return MergeOutcome(result, None)
+    links = _links(plan, store)
+    added = add(
+        store,
+        result.out_dir,
+        name=name or result.out_dir.name,
+        kind="adapter" if plan.merges_adapters else "merge",
+        method=plan.method_name,
+        links=links,
+        meta={"seed": str(seed)} if plan.config.method.name.startswith(("dare", "della")) else {},
+    )
+    ensure_deltas(store, [added.manifest.id])
+    return MergeOutcome(result, added.manifest)
+
+
+def _links(plan: MergePlan, store: Store) -> list[Parent]:
+    """A `merge` edge to every input, registering inputs read from plain files.
+    A merged adapter is an `adapter` of its base."""
+    links: dict[str, Parent] = {}
+    base_relation: Relation = "adapter" if plan.merges_adapters else "merge"
+    if plan.adapter_base is not None and plan.base is None:
+        links[_artifact_id(plan.adapter_base, store)] = Parent("", "adapter", {"role": "base"})
+    for use in plan.uses:
+        source = plan.sources[use.source]
+        params = {"role": use.role, **use.params}
+        if use.role == "base":
+            links.setdefault(_artifact_id(source, store), Parent("", base_relation, params))
+        elif isinstance(source, FoldedModel):
+            links.setdefault(_artifact_id(source.adapter, store), Parent("", "merge", params))
+            links.setdefault(
+                _artifact_id(source.base, store), Parent("", "merge", {"role": "fold base"})
+            )
+        else:
+            links.setdefault(_artifact_id(source, store), Parent("", "merge", params))
+    return [replace(link, id=artifact_id) for artifact_id, link in links.items()]
+
+
+def _artifact_id(source: ModelSource, store: Store) -> str:
+    if source.artifact_id:
+        return source.artifact_id
+    assert source.path is not None
+    return register(source.path, store=store).manifest.id

@@ -1,0 +1,245 @@
+"""The models a merge reads, one tensor at a time, whatever they are.
+
+A model reference in a config is a local path (file or folder), `hf:ORG/NAME`,
+a registered artifact (NAME, NAME@N, id prefix), or `BASE+ADAPTER`: the base
+with a LoRA adapter folded in, computed per tensor as it is read. Every source
+only ever holds the headers; tensor bytes are read when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from lineage.hub import is_hub_ref, resolve_hub
+from lineage.tensors import TORCH_DTYPES, load_tensor
+from merge.errors import AdapterError, MergeConfigError
+from merge.lora import LoraAdapter, check_base, fold, read_adapter
+from registry import ArtifactNotFound, Manifest, Store
+from registry.safetensors_header import FLOAT_DTYPES, SafetensorsHeader
+from registry.sources import scan
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # safetensors dtype: F32, BF16, ...
+    shape: tuple[int, ...]
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+class ModelSource(Protocol):
+    """A model (or adapter) whose tensors can be read one by one."""
+
+    @property
+    def label(self) -> str:
+        """The reference as the config wrote it."""
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]: ...
+
+    @property
+    def artifact_id(self) -> str | None:
+        """Its id in the store, when it is registered."""
+
+    @property
+    def path(self) -> Path | None:
+        """The local folder or file it was read from, when not from the store."""
+
+    def load(self, name: str) -> torch.Tensor:
+        """The tensor in its own dtype, on the CPU."""
+
+    def load_f32(self, name: str) -> torch.Tensor: ...
+
+    def companion(self, rel: str) -> bytes | None:
+        """A non-weights file (config.json, tokenizer files, ...) by relative path."""
+
+    def companions(self) -> list[str]: ...
+
+
+@dataclass
+class StoredModel:
+    """A registered artifact, read from its blobs."""
+
+    store: Store
+    manifest: Manifest
+    label: str
+    tensors: dict[str, TensorInfo] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._records = {t.name: t for _, t in self.manifest.tensors}
+        self.tensors = {n: TensorInfo(t.dtype, t.shape) for n, t in self._records.items()}
+
+    @property
+    def artifact_id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def path(self) -> None:
+        return None
+
+    def load(self, name: str) -> torch.Tensor:
+        return load_tensor(self.store, self._records[name])
+
+    def load_f32(self, name: str) -> torch.Tensor:
+        return self.load(name).to(torch.float32)
+
+    def companion(self, rel: str) -> bytes | None:
+        for f in self.manifest.files:
+            if f.path == rel and not f.tensors:
+                return self.store.blobs.read(f.blob)
+        return None
+
+    def companions(self) -> list[str]:
+        return [f.path for f in self.manifest.files if not f.is_safetensors]
+
+
+@dataclass
+class LocalModel:
+    """A folder or safetensors file on disk, read with positioned reads."""
+
+    path: Path
+    label: str
+    tensors: dict[str, TensorInfo] = field(init=False)
+
+    def __post_init__(self) -> None:
+        source = scan(self.path)
+        if source.pickles and not source.weights:
+            raise MergeConfigError(
+                f"model {self.label!r}: its weights are pickled, which graft does not unpickle",
+                "add it with `graft add --allow-pickle` and merge the registered artifact",
+            )
+        self._companions = source.companions
+        self._where: dict[str, tuple[SafetensorsHeader, int, int]] = {}
+        for header in source.weights.values():
+            for t in header.tensors:
+                self._where[t.name] = (header, header.data_start + t.begin, t.nbytes)
+        self.tensors = {
+            t.name: TensorInfo(t.dtype, t.shape)
+            for header in source.weights.values()
+            for t in header.tensors
+        }
+
+    @property
+    def artifact_id(self) -> None:
+        return None
+
+    def load(self, name: str) -> torch.Tensor:
+        header, offset, nbytes = self._where[name]
+        info = self.tensors[name]
+        fd = os.open(header.path, os.O_RDONLY)
+        try:
+            data = bytearray(os.pread(fd, nbytes, offset))
+        finally:
+            os.close(fd)
+        if len(data) != nbytes:
+            raise MergeConfigError(
+                f"{header.path}: ends inside tensor {name}", "the file changed or is truncated"
+            )
+        if not nbytes:
+            return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
+        return torch.frombuffer(data, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape)
+
+    def load_f32(self, name: str) -> torch.Tensor:
+        return self.load(name).to(torch.float32)
+
+    def companion(self, rel: str) -> bytes | None:
+        path = self._companions.get(rel)
+        return path.read_bytes() if path else None
+
+    def companions(self) -> list[str]:
+        return list(self._companions)
+
+
+@dataclass
+class FoldedModel:
+    """`BASE+ADAPTER`: the base's tensors, with the adapter's updates folded in
+    (in fp32) as each is read."""
+
+    base: ModelSource
+    adapter: ModelSource
+    lora: LoraAdapter
+    label: str
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self.base.tensors
+
+    @property
+    def artifact_id(self) -> None:
+        return None
+
+    @property
+    def path(self) -> None:
+        return None
+
+    def load(self, name: str) -> torch.Tensor:
+        if name not in self.lora.updates:
+            return self.base.load(name)
+        return self.load_f32(name).to(TORCH_DTYPES[self.tensors[name].dtype])
+
+    def load_f32(self, name: str) -> torch.Tensor:
+        update = self.lora.updates.get(name)
+        base = self.base.load_f32(name)
+        return fold(update, base, self.adapter.load_f32) if update else base
+
+    def companion(self, rel: str) -> bytes | None:
+        return self.base.companion(rel)
+
+    def companions(self) -> list[str]:
+        return self.base.companions()
+
+
+def is_adapter(source: ModelSource) -> bool:
+    return source.companion("adapter_config.json") is not None
+
+
+def open_model(ref: str, store: Store | None) -> ModelSource:
+    """Open a model reference; `BASE+ADAPTER` folds the adapter into the base."""
+    if "+" in ref and not Path(ref).exists():
+        base_ref, adapter_ref = ref.split("+", 1)
+        base, adapter = open_model(base_ref, store), open_model(adapter_ref, store)
+        if is_adapter(base) or not is_adapter(adapter):
+            raise MergeConfigError(
+                f"model {ref!r}: BASE+ADAPTER needs a full model before the + and a "
+                "LoRA adapter after it",
+                "check the order and the two references",
+            )
+        lora = open_lora(adapter)
+        try:
+            check_base(lora, {n: t.shape for n, t in base.tensors.items()})
+        except AdapterError as e:
+            raise AdapterError(f"{ref}: {e.message}", e.hint) from e
+        return FoldedModel(base, adapter, lora, ref)
+    path = Path(ref)
+    if is_hub_ref(ref):
+        path, _ = resolve_hub(ref)
+    if path.exists():
+        return LocalModel(path, ref)
+    if store is not None:
+        try:
+            return StoredModel(store, store.resolve_ref(ref), ref)
+        except ArtifactNotFound:
+            pass
+    raise MergeConfigError(
+        f"model {ref!r} is neither a file or folder nor a registered artifact",
+        "check the path, or `graft ls` for registered names",
+    )
+
+
+def open_lora(adapter: ModelSource) -> LoraAdapter:
+    raw = adapter.companion("adapter_config.json")
+    try:
+        config = json.loads(raw or b"")
+    except ValueError as e:
+        raise AdapterError(
+            f"{adapter.label}: adapter_config.json is not valid JSON", "fix or re-save it"
+        ) from e
+    return read_adapter(config, {n: t.shape for n, t in adapter.tensors.items()})

@@ -1,0 +1,217 @@
+"""Execute a merge plan tensor by tensor into a new folder.
+
+Memory holds the inputs of the tensor being merged plus those of the next one,
+which a reader thread loads while this one computes; nothing else. Results are
+computed in fp32 and rounded once to the output dtype. The output is built in
+a hidden temp folder beside `out_dir` and renamed into place only when every
+byte is on disk, so an interrupted merge never leaves a folder that looks done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lineage.tensors import TORCH_DTYPES
+from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from merge.methods import TensorJob
+from merge.output import companion_files, lineage_metadata, model_card, write_companions
+from merge.plan import MergePlan, TensorTask
+from merge.writer import PlannedTensor, ShardWriter
+from registry.fsutil import fsync_dir
+
+DEFAULT_SHARD_SIZE = 5 * 2**30
+
+
+@dataclass(frozen=True)
+class MergeProgress:
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int  # output bytes written
+    bytes_total: int
+    tensor: str  # the one just written
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out_dir: Path
+    files: tuple[str, ...]
+    tensors: int
+    bytes_written: int
+    touched: tuple[str, ...]  # output tensors that differ from the base (or first input)
+    seconds: float
+    rank: int | None = None  # of a merged adapter
+    truncation_error: float | None = None  # largest relative error of its SVD rank cut
+
+
+@dataclass(frozen=True)
+class Written:
+    """What an executor put in the work folder."""
+
+    files: list[str]
+    tensors: int
+    nbytes: int
+    touched: list[str]
+    companions: dict[str, bytes]  # files to write besides the README
+    note: str = ""  # a line for the model card
+    rank: int | None = None
+    truncation_error: float | None = None
+
+
+def run(
+    plan: MergePlan,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    rank: int | None = None,
+    on_progress: Callable[[MergeProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> MergeResult:
+    """Merge into `out_dir` (which must not exist, or be empty). `rank` is the
+    rank of a merged adapter (default: the sum of the inputs' ranks)."""
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
+    try:
+        if plan.merges_adapters:
+            from merge.run_adapters import execute_adapters
+
+            written = execute_adapters(
+                plan, work, seed, _device(device), rank, on_progress, should_cancel
+            )
+        else:
+            written = _execute(
+                plan, work, seed, _device(device), shard_size, on_progress, should_cancel
+            )
+        card = model_card(plan, written.touched, written.note)
+        write_companions(work, {**written.companions, "README.md": card})
+        fsync_dir(work)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(work, out_dir)
+        fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return MergeResult(
+        out_dir=out_dir,
+        files=tuple(written.files),
+        tensors=written.tensors,
+        bytes_written=written.nbytes,
+        touched=tuple(written.touched),
+        seconds=time.monotonic() - started,
+        rank=written.rank,
+        truncation_error=written.truncation_error,
+    )
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MergeConfigError(
+            f"{out_dir}: already exists and is not an empty folder",
+            "choose another --out, or remove it first",
+        )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise MergeConfigError(f"device {name!r} is not a torch device", "use cpu or cuda") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MergeConfigError("--device cuda: no CUDA device is available", "use --device cpu")
+    return device
+
+
+Loaded = tuple[torch.Tensor | None, list[torch.Tensor]]
+
+
+def _execute(
+    plan: MergePlan,
+    work: Path,
+    seed: int,
+    device: torch.device,
+    shard_size: int,
+    on_progress: Callable[[MergeProgress], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> Written:
+    planned = [PlannedTensor(t.name, t.dtype, t.shape, t.nbytes) for t in plan.tasks]
+    writer = ShardWriter(work, planned, shard_size, lineage_metadata(plan))
+    touched: list[str] = []
+    done_bytes = 0
+
+    def load(task: TensorTask) -> Loaded:
+        base = plan.sources[task.base.source].load(task.base.name) if task.base else None
+        return base, [plan.sources[r.source].load(r.name) for r in task.inputs]
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="graft-read") as reader:
+            pending = reader.submit(load, plan.tasks[0])
+            for i, task in enumerate(plan.tasks):
+                if should_cancel and should_cancel():
+                    raise MergeCancelled("merge cancelled", "nothing was written to the output")
+                base, inputs = pending.result()
+                if i + 1 < len(plan.tasks):
+                    pending = reader.submit(load, plan.tasks[i + 1])
+                out, changed = _merge_one(plan, task, base, inputs, seed, device)
+                del base, inputs
+                writer.write(task.name, out)
+                if changed:
+                    touched.append(task.name)
+                done_bytes += task.nbytes
+                if on_progress:
+                    on_progress(
+                        MergeProgress(
+                            i + 1, len(plan.tasks), done_bytes, plan.total_bytes, task.name
+                        )
+                    )
+            writer.finish({"graft.touched": json.dumps(touched)})
+    finally:
+        writer.close()
+    return Written(writer.files, len(plan.tasks), plan.total_bytes, touched, companion_files(plan))
+
+
+def _merge_one(
+    plan: MergePlan,
+    task: TensorTask,
+    base: torch.Tensor | None,
+    inputs: list[torch.Tensor],
+    seed: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, bool]:
+    """(the output tensor on the CPU in its output dtype, whether it differs
+    from the base — or the first input when there is none)."""
+    reference = base if base is not None else inputs[0]
+    if task.copy:
+        for other, ref in zip(inputs, task.inputs, strict=True):
+            if not torch.equal(other, reference):
+                raise MergeInputError(
+                    f"tensor {task.name} ({task.dtype}, not a float) differs in "
+                    f"{plan.sources[ref.source].label!r}",
+                    "graft copies such tensors only when every input agrees",
+                )
+        return reference, False
+    job = TensorJob(
+        name=task.name,
+        base=base.to(device, torch.float32) if base is not None else None,
+        inputs=tuple(t.to(device, torch.float32) for t in inputs),
+        input_params=task.input_params,
+        params=task.params,
+        seed=seed,
+    )
+    out = plan.config.method.merge(job).to(TORCH_DTYPES[task.dtype]).cpu()
+    return out, not torch.equal(out, reference.to(out.dtype))

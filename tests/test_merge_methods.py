@@ -1,0 +1,640 @@
+"""Merge-method formulas against plain float64 numpy implementations of the spec.
+
+The references below are written from MERGE_SEMANTICS.md with loops and sorting, a different
+code path from the torch code; random masks are rebuilt from the same keyed draws.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from merge.errors import MergeConfigError, MergeInputError
+from merge.methods import (
+    METHODS,
+    Method,
+    TensorJob,
+    get_method,
+    keep_mask,
+    keyed_uniform,
+)
+
+SHAPES = [(5, 7), (11,)]
+FAMILY = [
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+]
+CONSENSUS = {"ties", "dare_ties", "breadcrumbs_ties", "della"}
+SPARSIFIER = {
+    "task_arithmetic": None,
+    "ties": "magnitude",
+    "dare_linear": "random",
+    "dare_ties": "random",
+    "breadcrumbs": "outliers",
+    "breadcrumbs_ties": "outliers",
+    "della": "magprune",
+    "della_linear": "magprune",
+}
+
+
+# ---------------------------------------------------------------- plain references
+
+
+def draws(seed: int, name: str, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    return keyed_uniform(seed, name, index, shape).numpy().astype(np.float64)
+
+
+def ref_sparsify(kind, delta, values, uniform):
+    """The kept (unweighted) task vector, before rescaling."""
+    density = values.get("density", 1.0)
+    if kind is None or density >= 1:
+        return delta.copy()
+    flat = delta.reshape(-1)
+    n = flat.size
+    keep = np.zeros(n, dtype=bool)
+    if kind == "magnitude":
+        k = max(1, math.floor(density * n))
+        order = sorted(range(n), key=lambda e: -abs(flat[e]))
+        for e in order[:k]:
+            keep[e] = True
+    elif kind == "random":
+        keep = uniform.reshape(-1) < density
+    elif kind == "outliers":
+        t = math.floor(density * n)
+        g = math.floor(values["gamma"] * n)
+        b = max(0, n - t - g)
+        order = sorted(range(n), key=lambda e: abs(flat[e]))
+        for e in order[b : b + t]:
+            keep[e] = True
+    elif kind == "magprune":
+        eps = values["epsilon"]
+        rows = delta.reshape(delta.shape[0], -1) if delta.ndim >= 2 else delta.reshape(1, -1)
+        prob = np.zeros(rows.shape)
+        n_row = rows.shape[1]
+        for r in range(rows.shape[0]):
+            order = sorted(range(n_row), key=lambda c, r=r: abs(rows[r, c]))
+            for rank, c in enumerate(order):
+                prob[r, c] = density if n_row == 1 else density - eps + 2 * eps * rank / (n_row - 1)
+        keep = uniform.reshape(-1) < prob.reshape(-1)
+    return np.where(keep, flat, 0.0).reshape(delta.shape)
+
+
+def ref_family(method, base, xs, input_values, params, seed, name):
+    kind = SPARSIFIER[method]
+    weights = [v["weight"] for v in input_values]
+    us = []
+    for i, (x, values) in enumerate(zip(xs, input_values, strict=True)):
+        delta = x - base
+        kept = ref_sparsify(kind, delta, values, draws(seed, name, i, x.shape))
+        if params.get("rescale") and kind is not None and values.get("density", 1.0) < 1:
+            before, after = np.abs(delta).sum(), np.abs(kept).sum()
+            if before >= 1e-7 and after >= 1e-7:
+                kept = kept * before / after
+        us.append(weights[i] * kept)
+    flat_us = [u.reshape(-1) for u in us]
+    out = np.zeros(base.size)
+    for e in range(base.size):
+        if method in CONSENSUS:
+            sign = 1.0 if sum(u[e] for u in flat_us) >= 0 else -1.0
+            num = sum(u[e] for u in flat_us if u[e] != 0 and np.sign(u[e]) == sign)
+            div = sum(w for w, u in zip(weights, flat_us, strict=True) if u[e] * sign > 0)
+        else:
+            num = sum(u[e] for u in flat_us)
+            div = sum(weights)
+        if abs(div) < 1e-8:
+            div = 1.0
+        out[e] = num / div if params["normalize"] else num
+    return base + params["lambda"] * out.reshape(base.shape)
+
+
+def ref_slerp(a, b, t):
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
+    na = 1.0 if na <= 1e-8 else na
+    nb = 1.0 if nb <= 1e-8 else nb
+    c = float(np.clip(np.dot(fa / na, fb / nb), -1, 1))
+    if abs(c) > 0.9995:
+        return (1 - t) * a + t * b
+    theta = math.acos(c)
+    return (math.sin((1 - t) * theta) * a + math.sin(t * theta) * b) / math.sin(theta)
+
+
+def ref_model_stock(base, xs, filter_wise):
+    k = len(xs)
+    rows_of = (
+        (lambda m: m.reshape(m.shape[0], -1) if m.ndim >= 2 else m.reshape(1, -1))
+        if filter_wise
+        else (lambda m: m.reshape(1, -1))
+    )
+    deltas = [rows_of(x - base) for x in xs]
+    mean = sum(xs) / k
+    out = np.zeros_like(rows_of(base))
+    for r in range(out.shape[0]):
+        cosines = []
+        for i in range(k):
+            for j in range(i + 1, k):
+                di, dj = deltas[i][r], deltas[j][r]
+                denom = max(np.linalg.norm(di) * np.linalg.norm(dj), 1e-6)
+                cosines.append(min(1.0, max(-1.0, float(di @ dj) / denom)))
+        c = sum(cosines) / len(cosines)
+        bottom = 1 + (k - 1) * c
+        t = 0.0 if abs(bottom) < 1e-6 else k * c / bottom
+        out[r] = t * rows_of(mean)[r] + (1 - t) * rows_of(base)[r]
+    return out.reshape(base.shape)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def tensors(shape, count, seed=0):
+    """A float32 base and `count` fine-tunes; the references read the same float32 values."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=shape).astype(np.float32)
+    xs = [(base + rng.normal(scale=0.1, size=shape)).astype(np.float32) for _ in range(count)]
+    return base, xs
+
+
+def make_job(name, base, xs, input_values, params=None, seed=0):
+    return TensorJob(
+        name=name,
+        base=None if base is None else torch.from_numpy(np.asarray(base, dtype=np.float32)),
+        inputs=tuple(torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in xs),
+        input_params=tuple(dict(v) for v in input_values),
+        params=dict(params or {}),
+        seed=seed,
+    )
+
+
+def only_declared(method: Method, values: dict) -> dict:
+    return {k: v for k, v in values.items() if method.param(k) is not None}
+
+
+def run(method_name, base, xs, input_values, params=None, seed=0, name="model.w"):
+    method = get_method(method_name)
+    job = make_job(
+        name,
+        base,
+        xs,
+        [only_declared(method, v) for v in input_values],
+        only_declared(method, params or {}),
+        seed,
+    )
+    return method.merge(job).numpy().astype(np.float64)
+
+
+def f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+# ---------------------------------------------------------------- against the references
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method", FAMILY)
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("rescale", [False, True])
+def test_task_vector_family_matches_reference(method, shape, normalize, rescale):
+    base, xs = tensors(shape, 3, seed=len(method))
+    input_values = [
+        {"weight": 0.7, "density": 0.6, "gamma": 0.1, "epsilon": 0.15},
+        {"weight": -0.4, "density": 0.35, "gamma": 0.2, "epsilon": 0.1},
+        {"weight": 1.3, "density": 0.7, "gamma": 0.0, "epsilon": 0.2},
+    ]
+    params = {"normalize": normalize, "rescale": rescale, "lambda": 0.9}
+    m = get_method(method)
+    declared = only_declared(m, params)
+    full = {p.name: p.default for p in m.global_params} | declared
+    full_inputs = [
+        {p.name: p.default for p in m.input_params} | only_declared(m, v) for v in input_values
+    ]
+    got = run(method, base, xs, input_values, params, seed=7, name=f"layers.0.{method}")
+    want = ref_family(
+        method, f64(base), [f64(x) for x in xs], full_inputs, full, 7, f"layers.0.{method}"
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("normalize", [False, True])
+def test_linear_matches_reference(shape, normalize):
+    _, xs = tensors(shape, 3, seed=3)
+    weights = [0.5, 2.0, -0.75]
+    got = run("linear", None, xs, [{"weight": w} for w in weights], {"normalize": normalize})
+    total = sum(w * f64(x) for w, x in zip(weights, xs, strict=True))
+    want = total / sum(weights) if normalize else total
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("t", [0.25, 0.6, 0.9])
+def test_slerp_matches_reference(shape, t):
+    base, (other,) = tensors(shape, 1, seed=4)
+    other = np.random.default_rng(9).normal(size=shape).astype(np.float32)  # far from parallel
+    got = run("slerp", base, [other], [{}], {"t": t})
+    np.testing.assert_allclose(got, ref_slerp(f64(base), f64(other), t), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (4, 3, 2)])
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_model_stock_matches_reference(shape, filter_wise):
+    base, xs = tensors(shape, 3, seed=5)
+    got = run("model_stock", base, xs, [{}, {}, {}], {"filter_wise": filter_wise})
+    want = ref_model_stock(f64(base), [f64(x) for x in xs], filter_wise)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, -2.5])
+def test_passthrough_copies_and_scales(scale):
+    _, (x,) = tensors((5, 7), 1, seed=6)
+    got = run("passthrough", None, [x], [{"scale": scale}])
+    np.testing.assert_allclose(got, scale * f64(x), atol=1e-6)
+    assert np.array_equal(run("passthrough", None, [x], [{}]), f64(x))
+
+
+# ---------------------------------------------------------------- sign election edge cases
+
+
+def test_zero_sum_elects_the_positive_sign():
+    base = np.zeros(3)
+    xs = [np.array([1.0, 2.0, -2.0]), np.array([-1.0, -1.0, 1.0])]
+    got = run("ties", base, xs, [{"weight": 1.0}, {"weight": 1.0}])
+    # element 0 sums to 0 → + wins: only input 0 counts; elements 1 and 2 follow the majority
+    np.testing.assert_allclose(got, [1.0, 2.0, -2.0])
+
+
+def test_zero_entries_are_left_out_of_the_divisor():
+    base = np.zeros(2)
+    xs = [np.array([2.0, 1.0]), np.array([0.0, 1.0])]
+    got = run("ties", base, xs, [{"weight": 1.0}, {"weight": 3.0}])
+    # element 0: only input 0 is nonzero, so divisor 1 (not 4); element 1: (1 + 3) / 4
+    np.testing.assert_allclose(got, [2.0, 1.0])
+
+
+def test_no_agreeing_input_leaves_the_base():
+    base = np.array([5.0, 5.0])
+    xs = [np.array([5.0, 6.0]), np.array([5.0, 7.0])]
+    got = run("ties", base, xs, [{"weight": 1.0}, {"weight": 1.0}])
+    np.testing.assert_allclose(got, [5.0, 6.5])
+
+
+# ---------------------------------------------------------------- sparsifier edge cases
+
+
+def test_default_density_changes_nothing():
+    base, xs = tensors((5, 7), 3, seed=8)
+    values = [{"weight": w} for w in (0.3, 0.5, 0.9)]
+    plain = run("task_arithmetic", base, xs, values)
+    assert np.array_equal(run("breadcrumbs", base, xs, values), plain)
+    dense = [v | {"density": 1.0} for v in values]
+    assert np.array_equal(run("dare_linear", base, xs, dense), plain)
+    elected = run("ties", base, xs, values, {"normalize": False})
+    assert np.array_equal(run("dare_ties", base, xs, dense), elected)
+    assert np.array_equal(run("breadcrumbs_ties", base, xs, values), elected)
+    assert np.array_equal(run("della", base, xs, dense, {"normalize": False}), elected)
+
+
+def test_magnitude_keeps_at_least_one_element():
+    base = np.zeros(4)
+    got = run("ties", base, [np.array([0.1, -3.0, 0.5, 2.0])], [{"weight": 2.0, "density": 0.01}])
+    np.testing.assert_array_equal(got, [0.0, -3.0, 0.0, 0.0])
+
+
+def test_magnitude_ties_keep_exactly_k():
+    base = np.zeros(10)
+    x = np.array([1.0, -1.0] * 5)
+    got = run("ties", base, [x], [{"weight": 1.0, "density": 0.3}])
+    assert np.count_nonzero(got) == 3
+
+
+def test_breadcrumbs_drops_smallest_and_outliers():
+    base = np.zeros(10)
+    x = np.array([7.0, -3.0, 10.0, 1.0, -5.0, 9.0, 2.0, -8.0, 4.0, 6.0])
+    got = run("breadcrumbs", base, [x], [{"weight": 1.0, "density": 0.5, "gamma": 0.2}])
+    # t = 5, g = 2, b = 3: drop |x| in {1, 2, 3} and {9, 10}, keep 4..8
+    np.testing.assert_array_equal(got, np.where(np.isin(np.abs(x), [4, 5, 6, 7, 8]), x, 0))
+
+
+def test_rescale_restores_the_l1_norm_unless_tiny():
+    base = np.zeros(200)
+    x = np.random.default_rng(1).normal(size=200)
+    got = run("dare_linear", base, [x], [{"weight": 1.0, "density": 0.5}])
+    assert np.abs(got).sum() == pytest.approx(np.abs(x).sum(), rel=1e-5)
+    mask = keep_mask(0, "model.w", 0, (200,), 0.5).numpy()
+    assert np.array_equal(got != 0, mask)
+
+    tiny = (x * 1e-11).astype(np.float32)  # ‖δ‖₁ ≈ 2e-9 < 1e-7
+    got = run("dare_linear", base, [tiny], [{"weight": 1.0, "density": 0.5}])
+    np.testing.assert_array_equal(got, np.where(mask, f64(tiny), 0.0))
+
+
+def test_dare_keep_rate_is_the_density():
+    rate = keep_mask(3, "big", 0, (1000, 1000), 0.3).float().mean().item()
+    assert abs(rate - 0.3) < 0.003
+
+
+def test_della_keeps_larger_magnitudes_more_often():
+    rows, n_row = 40000, 5
+    rng = np.random.default_rng(2)
+    magnitudes = rng.permuted(np.tile(np.arange(1.0, n_row + 1), (rows, 1)), axis=1)
+    got = run(
+        "della_linear",
+        np.zeros((rows, n_row)),
+        [magnitudes],
+        [{"weight": 1.0, "density": 0.5, "epsilon": 0.2}],
+        {"rescale": False},
+    )
+    kept = got != 0
+    for rank, expected in enumerate([0.3, 0.4, 0.5, 0.6, 0.7]):
+        assert abs(kept[magnitudes == rank + 1].mean() - expected) < 0.01
+
+
+def test_della_single_column_rows_use_the_density():
+    got = run(
+        "della_linear",
+        np.zeros((20000, 1)),
+        [np.ones((20000, 1))],
+        [{"weight": 1.0, "density": 0.4, "epsilon": 0.2}],
+        {"rescale": False},
+    )
+    assert abs((got != 0).mean() - 0.4) < 0.015
+
+
+@pytest.mark.parametrize(("density", "epsilon"), [(0.1, 0.15), (0.9, 0.15), (0.5, 0.5)])
+def test_della_rejects_density_epsilon_outside_zero_one(density, epsilon):
+    base, xs = tensors((5, 7), 1)
+    with pytest.raises(MergeInputError) as info:
+        run("della", base, xs, [{"weight": 1.0, "density": density, "epsilon": epsilon}])
+    message = str(info.value)
+    assert "model.w" in message and f"{density:g}" in message and f"{epsilon:g}" in message
+    assert get_method("della").check_combination({"density": density, "epsilon": epsilon})
+    assert get_method("della").check_combination({"density": 1.0, "epsilon": 0.5}) is None
+
+
+# ---------------------------------------------------------------- randomness is keyed
+
+
+def test_same_seed_same_result_and_other_seed_differs():
+    base, xs = tensors((5, 7), 2)
+    values = [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.5}]
+    first = run("dare_ties", base, xs, values, seed=11)
+    assert np.array_equal(first, run("dare_ties", base, xs, values, seed=11))
+    assert not np.array_equal(first, run("dare_ties", base, xs, values, seed=12))
+    assert not np.array_equal(first, run("dare_ties", base, xs, values, seed=11, name="other"))
+
+
+def test_masks_do_not_depend_on_thread_count():
+    base, xs = tensors((300, 400), 2)
+    values = [{"weight": 1.0, "density": 0.4}, {"weight": 0.5, "density": 0.6}]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            mask = keep_mask(5, "t", 1, (1000, 1000), 0.5)
+            merged = run("dare_ties", base, xs, values, {"rescale": False}, seed=5)
+            results.append((mask, merged))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])
+
+
+def test_an_input_mask_ignores_the_other_inputs():
+    base, (a, b, c) = tensors((5, 7), 3)
+    values = [{"weight": 0.8, "density": 0.5}, {"weight": 0.0, "density": 0.5}]
+    with_b = run("dare_linear", base, [a, b], values, seed=3)
+    with_c = run("dare_linear", base, [a, c], values, seed=3)
+    assert np.array_equal(with_b, with_c)
+
+
+def test_keep_mask_accepts_per_element_probabilities():
+    prob = torch.tensor([0.0, 1.0, 0.5]).repeat(1000)
+    mask = keep_mask(0, "p", 0, prob.shape, prob)
+    assert not mask[0::3].any() and mask[1::3].all()
+    assert 0.4 < mask[2::3].float().mean().item() < 0.6
+
+
+# ---------------------------------------------------------------- linear, slerp, model_stock
+
+
+def test_linear_zero_weight_sum_with_normalize_names_the_tensor():
+    _, xs = tensors((3,), 2)
+    values = [{"weight": 0.5}, {"weight": -0.5}]
+    with pytest.raises(MergeInputError, match=r"model\.embed_tokens\.weight"):
+        run("linear", None, xs, values, name="model.embed_tokens.weight")
+    got = run("linear", None, xs, values, {"normalize": False})
+    np.testing.assert_allclose(got, 0.5 * (f64(xs[0]) - f64(xs[1])), atol=1e-6)
+
+
+def test_slerp_ends_are_exact():
+    base, (other,) = tensors((5, 7), 1)
+    assert np.array_equal(run("slerp", base, [other], [{}], {"t": 0.0}), f64(base))
+    assert np.array_equal(run("slerp", base, [other], [{}], {"t": 1.0}), f64(other))
+
+
+def test_nearly_parallel_slerp_is_a_lerp():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=50)
+    side = rng.normal(size=50)
+    side -= (side @ a) / (a @ a) * a
+    b = 4 * a + 0.1 * side  # cosine ≈ 0.99971, just past the 0.9995 cut-off
+    a, b = f64(a.astype(np.float32)), f64(b.astype(np.float32))
+    t = 0.3
+    got = run("slerp", a, [b], [{}], {"t": t})
+    lerp = (1 - t) * a + t * b
+    np.testing.assert_allclose(got, lerp, atol=2e-6)
+    theta = math.acos(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert math.cos(theta) > 0.9995
+    true_slerp = (math.sin((1 - t) * theta) * a + math.sin(t * theta) * b) / math.sin(theta)
+    assert np.abs(true_slerp - lerp).max() > 1e-4  # so the branch is what the test sees
+
+
+def test_slerp_with_a_zero_tensor_is_finite():
+    base = np.zeros(6)
+    other = np.arange(6.0)
+    got = run("slerp", base, [other], [{}], {"t": 0.5})
+    np.testing.assert_allclose(got, ref_slerp(base, other, 0.5), atol=1e-6)
+    assert np.isfinite(got).all()
+
+
+def test_model_stock_opposite_deltas_keep_the_base():
+    base = np.random.default_rng(3).normal(size=(5, 7))
+    delta = np.random.default_rng(4).normal(size=(5, 7))
+    # cosine −1 → 1 + (k − 1)·c = 0 → t = 0; the mean (base − δ) differs from the base
+    got = run("model_stock", base, [base + delta, base - 3 * delta], [{}, {}])
+    np.testing.assert_allclose(got, f64(base.astype(np.float32)), atol=1e-7)
+
+
+def test_model_stock_filter_wise_works_per_row():
+    base = np.zeros((3, 4))
+    v = np.array([1.0, 2.0, -1.0, 0.5])
+    x = np.stack([v, [1.0, 0, 0, 0], v])
+    y = np.stack([v, [0, 1.0, 0, 0], -2 * v])
+    got = run("model_stock", base, [x, y], [{}, {}], {"filter_wise": True})
+    # parallel row: c = 1, t = 1 → mean; orthogonal row: t = 0; opposite row: degenerate → 0
+    np.testing.assert_allclose(got, np.stack([v, np.zeros(4), np.zeros(4)]), atol=1e-6)
+    whole = run("model_stock", base, [x, y], [{}, {}])
+    assert not np.allclose(whole, got)
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_registry_lists_every_method_with_its_defaults():
+    assert set(METHODS) == {
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "slerp",
+        "model_stock",
+        "passthrough",
+    }
+
+    def defaults(name):
+        return {p.name: p.default for p in METHODS[name].params}
+
+    assert defaults("linear") == {"weight": None, "normalize": True}
+    assert set(defaults("task_arithmetic")) == {"weight", "lambda", "normalize", "int8_mask"}
+    assert defaults("ties")["normalize"] is True and defaults("ties")["density"] == 1.0
+    assert defaults("dare_ties")["normalize"] is False and defaults("dare_ties")["rescale"]
+    assert defaults("dare_linear")["density"] is None
+    assert defaults("breadcrumbs")["gamma"] == 0.01 and not defaults("breadcrumbs")["rescale"]
+    assert defaults("della")["normalize"] is True and defaults("della_linear")["normalize"] is False
+    assert defaults("della")["epsilon"] == 0.15 and defaults("della")["density"] is None
+    assert defaults("slerp") == {"t": None}
+    assert defaults("model_stock") == {"filter_wise": False}
+    assert defaults("passthrough") == {"scale": 1.0}
+    for method in METHODS.values():
+        assert method.reference
+        for p in method.params:
+            assert p.default is None or p.check(p.default) is None, (method.name, p.name)
+    assert {p.name for p in METHODS["ties"].input_params} == {"weight", "density"}
+    assert get_method("ties").param("density") is not None
+    assert get_method("ties").param("gamma") is None
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(MergeConfigError) as info:
+        get_method("frankenmerge")
+    assert "frankenmerge" in str(info.value)
+    assert all(name in info.value.hint for name in METHODS)
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "value", "ok"),
+    [
+        ("ties", "density", 0.5, True),
+        ("ties", "density", 1, True),
+        ("ties", "density", 0.0, False),
+        ("ties", "density", 1.5, False),
+        ("ties", "density", True, False),
+        ("ties", "density", "0.5", False),
+        ("ties", "density", float("nan"), False),
+        ("ties", "weight", -3, True),
+        ("ties", "weight", float("inf"), False),
+        ("ties", "lambda", -0.5, True),
+        ("ties", "normalize", 1, False),
+        ("ties", "normalize", False, True),
+        ("breadcrumbs", "gamma", 0.0, True),
+        ("breadcrumbs", "gamma", 1.0, False),
+        ("della", "epsilon", 0.0, True),
+        ("della", "epsilon", -0.1, False),
+        ("slerp", "t", 0.0, True),
+        ("slerp", "t", 1.0, True),
+        ("slerp", "t", 1.01, False),
+    ],
+)
+def test_param_check(method, name, value, ok):
+    param = get_method(method).param(name)
+    assert param is not None
+    assert (param.check(value) is None) == ok
+
+
+def test_param_check_reason_names_the_range():
+    density = get_method("ties").param("density")
+    assert density is not None and density.check(0) == "must be in (0, 1]"
+
+
+def test_merge_rejects_unused_missing_and_bad_parameters():
+    base, xs = tensors((5, 7), 1)
+    with pytest.raises(MergeConfigError, match="density"):
+        get_method("task_arithmetic").merge(
+            make_job("w", base, xs, [{"weight": 1.0, "density": 0.5}])
+        )
+    with pytest.raises(MergeConfigError, match=r"density.*'w'"):
+        get_method("dare_ties").merge(make_job("w", base, xs, [{"weight": 1.0}]))
+    with pytest.raises(MergeConfigError, match="weight"):
+        get_method("ties").merge(make_job("w", base, xs, [{}]))
+    with pytest.raises(MergeConfigError, match="must be in"):
+        get_method("ties").merge(make_job("w", base, xs, [{"weight": 1.0, "density": 2.0}]))
+
+
+def test_merge_checks_inputs_base_and_shapes():
+    base, xs = tensors((5, 7), 2)
+    with pytest.raises(MergeConfigError, match="exactly 1"):
+        get_method("slerp").merge(make_job("w", base, xs, [{}, {}], {"t": 0.5}))
+    with pytest.raises(MergeConfigError, match="at least 2"):
+        get_method("model_stock").merge(make_job("w", base, xs[:1], [{}]))
+    with pytest.raises(MergeConfigError, match="base"):
+        get_method("ties").merge(make_job("w", None, xs, [{"weight": 1.0}] * 2))
+    other = np.zeros((5, 8), dtype=np.float32)
+    with pytest.raises(MergeInputError, match=r"'lm_head.weight'.*\[5, 8\]"):
+        get_method("model_stock").merge(make_job("lm_head.weight", base, [xs[0], other], [{}, {}]))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_empty_tensors_merge_to_empty(method):
+    m = get_method(method)
+    count = 1 if m.max_inputs == 1 else 2
+    values = {"weight": 1.0, "density": 0.5, "epsilon": 0.1}
+    base = np.zeros((0, 4)) if m.uses_base else None
+    got = run(method, base, [np.zeros((0, 4))] * count, [values] * count, {"t": 0.5})
+    assert got.shape == (0, 4)
+
+
+def test_int8_mask_is_accepted_and_changes_nothing():
+    base, xs = tensors((5, 7), 2)
+    values = [{"weight": 1.0, "density": 0.5}, {"weight": 0.5}]
+    plain = run("ties", base, xs, values)
+    assert np.array_equal(plain, run("ties", base, xs, values, {"int8_mask": True}))
+
+
+def test_merge_does_not_modify_its_inputs():
+    base, xs = tensors((5, 7), 2)
+    job = make_job("w", base, xs, [{"weight": 1.0, "density": 0.5}] * 2, {"rescale": True})
+    copies = [job.base.clone(), *(x.clone() for x in job.inputs)]
+    for name in ("ties", "dare_ties", "della_linear", "breadcrumbs"):
+        method = get_method(name)
+        values = [only_declared(method, v) for v in job.input_params]
+        method.merge(TensorJob("w", job.base, job.inputs, tuple(values), {}))
+    assert all(torch.equal(a, b) for a, b in zip(copies, [job.base, *job.inputs], strict=True))
+
+
+@pytest.mark.parametrize("kind", ["normal", "few values", "constant"])
+def test_bracketed_selection_equals_kthvalue_on_large_tensors(kind: str) -> None:
+    from merge.methods import _kth_smallest
+
+    n = 2_000_003  # large enough to take the sampled path
+    g = torch.Generator().manual_seed(3)
+    values = {
+        "normal": torch.randn(n, generator=g).abs(),
+        "few values": torch.randint(0, 5, (n,), generator=g).float(),
+        "constant": torch.ones(n),
+    }[kind]
+    for k in (1, 17, n // 3, n // 2, n - 1, n):
+        assert torch.equal(_kth_smallest(values, k), torch.kthvalue(values, k).values), k
