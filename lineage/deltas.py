@@ -25,8 +25,15 @@ import torch
 
 from lineage.adapter_config import lora_scale
 from lineage.names import Place, adapter_key, place_of
-from lineage.tensors import FLOAT_DTYPES, companion_json, load_f32, tensors_by_name
+from lineage.tensors import (
+    FLOAT_DTYPES,
+    TORCH_DTYPES,
+    companion_json,
+    load_f32,
+    tensors_by_name,
+)
 from registry import Manifest, Store, TensorRecord
+from registry.safetensors_header import DTYPE_BITS
 
 Status = Literal["identical", "changed", "reshaped", "added", "removed"]
 POWER_ITERATIONS = 12
@@ -96,7 +103,12 @@ def _dense_delta(
 ) -> TensorDelta:
     base = load_f32(store, p)
     delta = load_f32(store, t)
-    delta -= base
+    if t.dtype != p.dtype and DTYPE_BITS[t.dtype] <= DTYPE_BITS[p.dtype]:
+        # A child saved in a coarser dtype (a bf16 merge of fp32 models) differs
+        # from its parent by rounding everywhere; only changes beyond it count.
+        delta -= base.to(TORCH_DTYPES[t.dtype]).to(torch.float32)
+    else:
+        delta -= base
     changed = int(torch.count_nonzero(delta))
     if not changed:
         return _at(place, name, "identical", frac_changed=0.0, rel_change=0.0)

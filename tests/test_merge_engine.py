@@ -531,3 +531,17 @@ def test_adapters_and_models_do_not_mix(tmp_path: Path) -> None:
     )
     with pytest.raises(MergeConfigError, match="cannot merge adapters into an adapter"):
         build_plan(parse_config(slerp), None)
+
+
+def test_a_bf16_merge_of_fp32_models_touches_only_what_changed(
+    graft: Callable[..., Result], store: Store, tmp_path: Path
+) -> None:
+    doc = config(
+        merge_method="task_arithmetic",
+        base_model=BASE,
+        models=[{"model": SFT, "parameters": {"weight": 1.0}}],
+        dtype="bfloat16",
+    )
+    merge_models(parse_config(doc), tmp_path / "soup", store=store)
+    touched = graft_json(graft, "touched", "soup")
+    assert {t["layer"] for t in touched} == {2, 3}  # rounding to bf16 is not a change
