@@ -545,3 +545,44 @@ def test_a_bf16_merge_of_fp32_models_touches_only_what_changed(
     merge_models(parse_config(doc), tmp_path / "soup", store=store)
     touched = graft_json(graft, "touched", "soup")
     assert {t["layer"] for t in touched} == {2, 3}  # rounding to bf16 is not a change
+
+
+# --- graft fold ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", ["lora-copy", "lora-reverse", "lora-count"])
+def test_fold_equals_peft_merge_and_unload_bit_for_bit(
+    registered: Callable[..., Result], tmp_path: Path, adapter: str
+) -> None:
+    if adapter != "lora-copy":
+        registered("add", SAMPLES / adapter)
+    out = graft_json(registered, "fold", adapter, "--out", tmp_path / "full")
+    assert out["artifact"]["ref"] == "full@1"
+    ours = weights(tmp_path / "full")
+    peft = _peft_merged(SAMPLES / adapter)
+    assert set(ours) == set(peft)
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, peft[name]), name
+    entries = graft_json(registered, "log", "full")
+    assert {(e["ref"], e["params"]["role"]) for e in entries if e["depth"] == 1} == {
+        (f"{adapter}@1", "input"),
+        ("tiny-llama@1", "fold base"),
+    }
+    touched = {t["tensor"] for t in graft_json(registered, "touched", "full")}
+    config = json.loads((SAMPLES / adapter / "adapter_config.json").read_text())
+    assert touched and all(
+        any(f".{m}." in name for m in config["target_modules"]) for name in touched
+    )
+
+
+def test_fold_without_a_known_base_says_to_name_one(
+    graft: Callable[..., Result], tmp_path: Path
+) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for f in (SAMPLES / "lora-copy").iterdir():
+        (adapter / f.name).write_bytes(f.read_bytes())
+    result = graft("fold", adapter, "--out", tmp_path / "full", code=1)
+    assert "no base recorded for this adapter; name one with --base REF" in result.stderr
+    graft("fold", adapter, "--base", BASE, "--out", tmp_path / "full", "--no-register")
+    assert (tmp_path / "full" / "model.safetensors").is_file()
