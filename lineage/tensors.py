@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from registry import Store, TensorRecord
+from registry import CorruptBlob, Store, TensorRecord
 from registry.manifest import Manifest
 from registry.safetensors_header import FLOAT_DTYPES
 
@@ -34,7 +34,14 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:
     """The tensor's values in its own dtype (one read of its blob)."""
     dtype = TORCH_DTYPES[record.dtype]
-    data = bytearray(store.blobs.path(record.blob).read_bytes())
+    data = bytearray(record.nbytes)  # read straight into the tensor's memory: no second copy
+    with open(store.blobs.path(record.blob), "rb") as f:
+        if f.readinto(data) != record.nbytes:
+            raise CorruptBlob(
+                f"blob {record.blob} of tensor {record.name} is shorter than its "
+                f"{record.nbytes} bytes",
+                "run `graft verify`",
+            )
     if not data:
         return torch.empty(record.shape, dtype=dtype)
     return torch.frombuffer(data, dtype=dtype).reshape(record.shape)

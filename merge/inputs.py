@@ -134,12 +134,13 @@ class LocalModel:
     def load(self, name: str) -> torch.Tensor:
         header, offset, nbytes = self._where[name]
         info = self.tensors[name]
+        data = bytearray(nbytes)  # read straight into the tensor's memory: no second copy
         fd = os.open(header.path, os.O_RDONLY)
         try:
-            data = bytearray(os.pread(fd, nbytes, offset))
+            got = os.preadv(fd, [data], offset) if nbytes else 0
         finally:
             os.close(fd)
-        if len(data) != nbytes:
+        if got != nbytes:
             raise MergeConfigError(
                 f"{header.path}: ends inside tensor {name}", "the file changed or is truncated"
             )

@@ -2,8 +2,9 @@
 
 Each `Method` in `METHODS` declares its parameters (named as in mergekit YAML, with type,
 default and scope) so the planner, the CLI and the TUI all validate against one source, and
-its `merge(job)` turns one `TensorJob` (fp32 tensors on one device) into one fp32 output
-tensor. The formulas follow graft's merge-semantics specification (mergekit 0.1.5 meaning):
+its `merge(job)` turns one `TensorJob` (float tensors of any dtype on one device) into one
+output tensor of `job.out_dtype`, computed in fp32 span by span (see "chunks" below). The
+formulas follow graft's merge-semantics specification (mergekit 0.1.5 meaning):
 
 - linear, passthrough: weighted average / copy of the inputs; the base is not special.
 - task_arithmetic, ties, dare_*, breadcrumbs*, della*: task vectors δᵢ = θᵢ − θ₀, sparsified
@@ -12,8 +13,8 @@ tensor. The formulas follow graft's merge-semantics specification (mergekit 0.1.
 - slerp, model_stock: interpolations between the base and the other input(s).
 
 Random masks (DARE, DELLA) come from a CPU generator keyed by (seed, tensor name, input index),
-so they are identical whatever the thread count, tensor order or device (results then agree up
-to the rounding of float reductions such as L1 norms, which torch may order differently).
+so they are identical whatever the thread count, tensor order or device; whole-tensor sums
+(L1 norms, dot products) accumulate in float64 so threads do not change them either.
 Pure torch: no file I/O, no global state. Merge functions never modify the job's tensors, and
 may return one of them unchanged (passthrough at scale 1, slerp at t = 0 or 1).
 """
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import xxhash
@@ -98,7 +99,7 @@ class Param:
 
 @dataclass(frozen=True)
 class TensorJob:
-    """Everything one output tensor's merge needs, already in fp32 on one device.
+    """Everything one output tensor's merge needs, on one device (any float dtype).
 
     `inputs` are the non-base inputs θ1..θN in config order (for linear and passthrough: all
     inputs, the base included if it is one); an input's index in this tuple keys its random
@@ -112,6 +113,7 @@ class TensorJob:
     input_params: tuple[dict[str, ParamValue], ...]
     params: dict[str, ParamValue]
     seed: int = 0
+    out_dtype: torch.dtype = torch.float32  # the result's dtype (computed in fp32)
 
 
 Formula = Callable[[TensorJob], torch.Tensor]
@@ -236,7 +238,64 @@ class Method:
         return resolved
 
 
+# ---------------------------------------------------------------- chunks
+# Formulas stream over the flattened tensors in spans of CHUNK elements: the
+# inputs stay in their own dtype (bf16 is half of fp32) and only a few fp32
+# spans exist at a time, so a 500 MB embedding never has fp32 copies of every
+# input. Whole-tensor quantities (TIES thresholds, L1 norms, slerp's angle,
+# model_stock's cosines) take a pass of their own first. Sums accumulate in
+# float64 so their value does not depend on how torch splits them over threads.
+
+CHUNK = 1 << 20
+
+
+def _spans(n: int, align: int = 1) -> list[slice]:
+    """Consecutive spans of about CHUNK elements, each a multiple of `align` long
+    (whole rows, for the per-row formulas)."""
+    step = max(align, CHUNK // align * align)
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1)
+
+
+def _f32(tensor: torch.Tensor, span: slice) -> torch.Tensor:
+    """A fresh fp32 copy of a span (formulas work on it in place)."""
+    return _flat(tensor)[span].to(torch.float32, copy=True)
+
+
+def _row_width(tensor: torch.Tensor) -> int:
+    """Elements per row: rows are along dim 0; 0-D and 1-D tensors are one row."""
+    return tensor.numel() if tensor.dim() <= 1 else math.prod(tensor.shape[1:])
+
+
+def _output(job: TensorJob, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=job.out_dtype, device=like.device)
+
+
+def _weights(job: TensorJob) -> list[float]:
+    return [float(values["weight"]) for values in job.input_params]
+
+
 # ---------------------------------------------------------------- keyed randomness
+
+
+class _KeyedStream:
+    """Uniform [0, 1) fp32 draws for input `index` of tensor `name` under `seed`,
+    drawn on the CPU in order, span after span: the same numbers as one draw of
+    the whole tensor, whatever the spans, threads or device."""
+
+    def __init__(self, seed: int, name: str, index: int) -> None:
+        self.key = xxhash.xxh3_64_intdigest(f"{seed}\x00{name}\x00{index}".encode())
+        self.reset()
+
+    def reset(self) -> None:
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(self.key)
+
+    def next(self, count: int) -> torch.Tensor:
+        return torch.rand(count, generator=self.generator, dtype=torch.float32)
 
 
 def keyed_uniform(seed: int, name: str, index: int, shape: Sequence[int]) -> torch.Tensor:
@@ -245,10 +304,7 @@ def keyed_uniform(seed: int, name: str, index: int, shape: Sequence[int]) -> tor
     The generator is seeded from a hash of the three, so the draws never depend on what else
     is merged, in which order, on how many threads or on which device.
     """
-    key = xxhash.xxh3_64_intdigest(f"{seed}\x00{name}\x00{index}".encode())
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(key)
-    return torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
+    return _KeyedStream(seed, name, index).next(math.prod(shape)).reshape(tuple(shape))
 
 
 def keep_mask(
@@ -259,11 +315,7 @@ def keep_mask(
     keep_prob: float | torch.Tensor,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Bool mask: element kept where its keyed draw < `keep_prob` (a number or per element).
-
-    A tensor `keep_prob` is compared on its own device (comparing identical fp32 values is
-    exact everywhere); the mask is returned on `device`, else on `keep_prob`'s, else on CPU.
-    """
+    """Bool mask: element kept where its keyed draw < `keep_prob` (a number or per element)."""
     draws = keyed_uniform(seed, name, index, shape)
     if isinstance(keep_prob, torch.Tensor):
         mask = draws.to(keep_prob.device) < keep_prob.to(torch.float32)
@@ -272,114 +324,187 @@ def keep_mask(
     return mask if device is None else mask.to(device)
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- rank selection
 
 
-def _weights(job: TensorJob) -> list[float]:
-    return [float(values["weight"]) for values in job.input_params]
+def _bits(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Non-negative fp32 values as int32 bit patterns, which sort the same way."""
+    return magnitudes.contiguous().view(torch.int32)
 
 
-def _rows(tensor: torch.Tensor) -> torch.Tensor:
-    """A 2-D view whose rows are the tensor's rows; 0-D and 1-D tensors are one row."""
-    if tensor.dim() <= 1:
-        return tensor.reshape(1, tensor.numel())
-    # explicit width: reshape(0, -1) is ambiguous for empty tensors
-    return tensor.reshape(tensor.shape[0], math.prod(tensor.shape[1:]))
+@dataclass(frozen=True)
+class _Rank:
+    """The k-th largest of n non-negative values: its bit pattern, how many
+    values are above it and how many equal it."""
+
+    bits: int
+    above: int
+    equal: int
 
 
-def _rank_mask(values: torch.Tensor, k: int, *, largest: bool) -> torch.Tensor:
-    """Bool mask of exactly the k largest (or smallest) entries of a 1-D tensor.
+def _kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int) -> _Rank:
+    """Exact selection by two radix histograms (high, then low 16 bits) over
+    the spans' |values| — two streaming passes, 64 K counters of memory."""
+    high = None
+    for values in spans():
+        counts = torch.bincount(_bits(values) >> 16, minlength=1 << 16)
+        high = counts if high is None else high + counts
+    assert high is not None
+    from_top = torch.cumsum(high.flip(0), 0).flip(0)  # values in bins ≥ b
+    bin_ = int(torch.nonzero(from_top >= k).max())
+    above_bin = int(from_top[bin_ + 1]) if bin_ + 1 < from_top.numel() else 0
+    low = None
+    for values in spans():
+        bits = _bits(values)
+        counts = torch.bincount(bits[(bits >> 16) == bin_] & 0xFFFF, minlength=1 << 16)
+        low = counts if low is None else low + counts
+    assert low is not None
+    from_top = torch.cumsum(low.flip(0), 0).flip(0)
+    lo = int(torch.nonzero(from_top >= k - above_bin).max())
+    above = above_bin + (int(from_top[lo + 1]) if lo + 1 < from_top.numel() else 0)
+    return _Rank((bin_ << 16) | lo, above, int(low[lo]))
 
-    A kthvalue threshold avoids sorting the whole tensor; entries equal to the threshold are
-    taken lowest index first, so the count is exact and deterministic.
-    """
-    n = values.numel()
-    if k <= 0:
-        return torch.zeros_like(values, dtype=torch.bool)
+
+class _RankMask:
+    """Keeps exactly the k largest (or smallest) of the |δ| it is shown, span by
+    span in order; entries equal to the threshold go lowest index first."""
+
+    def __init__(self, rank: _Rank, k: int, n: int, *, largest: bool) -> None:
+        self.bits, self.largest = rank.bits, largest
+        better = rank.above if largest else n - rank.above - rank.equal
+        self.ties = k - better
+        self.reset()
+
+    def reset(self) -> None:
+        self.quota = self.ties
+
+    def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        bits = _bits(magnitudes)
+        mask = bits > self.bits if self.largest else bits < self.bits
+        if self.quota > 0:
+            tied = torch.nonzero(bits == self.bits).squeeze(1)[: self.quota]
+            mask[tied] = True
+            self.quota -= tied.numel()
+        return mask
+
+
+def _rank_mask(
+    deltas: Callable[[], Iterator[torch.Tensor]], n: int, k: int, *, largest: bool
+) -> _RankMask | None:
+    """A mask keeping the k largest (smallest) |δ|; None when it keeps everything."""
     if k >= n:
-        return torch.ones_like(values, dtype=torch.bool)
-    threshold = _kth_smallest(values, n - k + 1 if largest else k)
-    mask = values > threshold if largest else values < threshold
-    short = k - int(torch.count_nonzero(mask))
-    if short > 0:
-        ties = torch.nonzero(values == threshold).squeeze(1)[:short]
-        mask[ties] = True
-    return mask
-
-
-_SAMPLE = 1 << 16
-
-
-def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """torch.kthvalue(values, k).values, exactly, in about a third of the time
-    on large tensors: a strided sample brackets the answer, then only the
-    entries inside the bracket are selected from (full select if it misses)."""
-    n = values.numel()
-    if n <= 16 * _SAMPLE:
-        return torch.kthvalue(values, k).values
-    sample = torch.sort(values[:: n // _SAMPLE]).values
-    m = sample.numel()
-    at = (k - 1) * m // n
-    margin = 8 * math.isqrt(m) + 16
-    lo, hi = sample[max(at - margin, 0)], sample[min(at + margin, m - 1)]
-    below = int(torch.count_nonzero(values < lo))
-    inside = values[(values >= lo) & (values <= hi)]
-    if below < k <= below + inside.numel():
-        return torch.kthvalue(inside, k - below).values
-    return torch.kthvalue(values, k).values
-
-
-def _l1(tensor: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(tensor, ord=1)
+        return None
+    target = k if largest else n - k + 1  # the k-th smallest is the (n-k+1)-th largest
+    if k <= 0:
+        return _RankMask(_Rank(-1 if largest else 0, n if largest else 0, 0), 0, n, largest=largest)
+    rank = _kth_largest(lambda: (d.abs() for d in deltas()), target)
+    return _RankMask(rank, k, n, largest=largest)
 
 
 # ---------------------------------------------------------------- sparsifiers
-# Each gets the unweighted task vector and returns a keep-mask, or None for "keep all".
+# Each builds, for input `index`, a masker: called on the input's δ span by
+# span in order, it returns the keep-mask for that span (None: keep all);
+# `reset` starts it over for another pass.
 
-Sparsifier = Callable[
-    [torch.Tensor, Mapping[str, ParamValue], TensorJob, int], "torch.Tensor | None"
-]
+
+class _Masker(Protocol):
+    def reset(self) -> None: ...
+
+    def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor: ...
+
+
+Deltas = Callable[[], Iterator[torch.Tensor]]
+Sparsifier = Callable[[TensorJob, int, Mapping[str, ParamValue], Deltas, int], "_Masker | None"]
+
+
+class _Keep:
+    """Keeps nothing: density ≤ 0."""
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
+        return torch.zeros_like(delta, dtype=torch.bool)
+
+
+@dataclass
+class _Ranked:
+    inner: _RankMask
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
+        return self.inner(delta.abs())
 
 
 def _magnitude(
-    delta: torch.Tensor, values: Mapping[str, ParamValue], job: TensorJob, index: int
-) -> torch.Tensor | None:
+    job: TensorJob, index: int, values: Mapping[str, ParamValue], deltas: Deltas, n: int
+) -> _Masker | None:
     """TIES: keep the k = max(1, ⌊ρn⌋) entries of largest |δ| over the whole tensor."""
     density = float(values["density"])
     if density >= 1:
         return None
     if density <= 0:
-        return torch.zeros_like(delta, dtype=torch.bool)
-    k = max(1, math.floor(density * delta.numel()))
-    return _rank_mask(delta.abs().reshape(-1), k, largest=True).reshape(delta.shape)
+        return _Keep()
+    mask = _rank_mask(deltas, n, max(1, math.floor(density * n)), largest=True)
+    return _Ranked(mask) if mask else None
+
+
+class _Random:
+    """DARE: keep each entry independently with probability ρ (keyed draws)."""
+
+    def __init__(self, job: TensorJob, index: int, density: float) -> None:
+        self.stream, self.density = _KeyedStream(job.seed, job.name, index), density
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+    def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
+        return (self.stream.next(delta.numel()) < self.density).to(delta.device)
 
 
 def _random(
-    delta: torch.Tensor, values: Mapping[str, ParamValue], job: TensorJob, index: int
-) -> torch.Tensor | None:
-    """DARE: keep each entry independently with probability ρ (keyed mask)."""
+    job: TensorJob, index: int, values: Mapping[str, ParamValue], deltas: Deltas, n: int
+) -> _Masker | None:
     density = float(values["density"])
-    if density >= 1:
-        return None
-    return keep_mask(job.seed, job.name, index, delta.shape, density, delta.device)
+    return None if density >= 1 else _Random(job, index, density)
+
+
+@dataclass
+class _Between:
+    """Breadcrumbs: the `upto` smallest minus the `dropped` smallest."""
+
+    upto: _RankMask | None
+    dropped: _RankMask | None
+
+    def reset(self) -> None:
+        for part in (self.upto, self.dropped):
+            if part:
+                part.reset()
+
+    def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
+        magnitude = delta.abs()
+        mask = self.upto(magnitude) if self.upto else torch.ones_like(delta, dtype=torch.bool)
+        if self.dropped:
+            mask &= ~self.dropped(magnitude)
+        return mask
 
 
 def _magnitude_outliers(
-    delta: torch.Tensor, values: Mapping[str, ParamValue], job: TensorJob, index: int
-) -> torch.Tensor | None:
+    job: TensorJob, index: int, values: Mapping[str, ParamValue], deltas: Deltas, n: int
+) -> _Masker | None:
     """Breadcrumbs: with |δ| ascending, keep ranks b … b+t−1 (t = ⌊ρn⌋, b = n − t − ⌊γn⌋)."""
     density = float(values["density"])
     if density >= 1:
         return None
-    n = delta.numel()
     kept = math.floor(density * n)
-    outliers = math.floor(float(values["gamma"]) * n)
-    dropped = max(0, n - kept - outliers)
-    magnitude = delta.abs().reshape(-1)
-    # both masks break ties lowest index first, so the smaller is a subset of the larger
-    mask = _rank_mask(magnitude, dropped + kept, largest=False)
-    mask &= ~_rank_mask(magnitude, dropped, largest=False)
-    return mask.reshape(delta.shape)
+    dropped = max(0, n - kept - math.floor(float(values["gamma"]) * n))
+    # both break ties lowest index first, so the smaller set is inside the larger
+    return _Between(
+        _rank_mask(deltas, n, dropped + kept, largest=False),
+        _rank_mask(deltas, n, dropped, largest=False) if dropped else None,
+    )
 
 
 def _della_problem(values: Mapping[str, ParamValue]) -> str | None:
@@ -392,31 +517,40 @@ def _della_problem(values: Mapping[str, ParamValue]) -> str | None:
     return None
 
 
-def _magprune(
-    delta: torch.Tensor, values: Mapping[str, ParamValue], job: TensorJob, index: int
-) -> torch.Tensor | None:
-    """DELLA: per row, rank r (0-based, |δ| ascending) kept with p = ρ − ε + 2ε·r/(n_row − 1).
+class _Magprune:
+    """DELLA: per row, rank r (0-based, |δ| ascending) kept with probability
+    p = ρ − ε + 2ε·r/(n_row − 1); a one-element row gets p = ρ. Spans are whole rows."""
 
-    A row of one element has no spread to rank, so it gets p = ρ (avoids dividing by zero).
-    """
+    def __init__(self, job: TensorJob, index: int, density: float, epsilon: float, width: int):
+        self.stream, self.width = _KeyedStream(job.seed, job.name, index), width
+        if width <= 1:
+            by_rank = torch.full((width,), density, dtype=torch.float64)
+        else:
+            steps = torch.arange(width, dtype=torch.float64) / (width - 1)
+            by_rank = (density - epsilon) + 2 * epsilon * steps
+        self.by_rank = by_rank.to(torch.float32)  # built on CPU: identical on every device
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+    def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
+        rows = delta.abs().reshape(-1, self.width)
+        order = torch.argsort(rows, dim=1, stable=True)
+        by_rank = self.by_rank.to(delta.device).expand_as(rows)
+        prob = torch.empty_like(rows).scatter_(1, order, by_rank).reshape(-1)
+        return self.stream.next(delta.numel()).to(delta.device) < prob
+
+
+def _magprune(
+    job: TensorJob, index: int, values: Mapping[str, ParamValue], deltas: Deltas, n: int
+) -> _Masker | None:
     density, epsilon = float(values["density"]), float(values["epsilon"])
     if density >= 1:
         return None
     if density <= 0:
-        return torch.zeros_like(delta, dtype=torch.bool)
-    rows = _rows(delta.abs())
-    n_row = rows.shape[1]
-    if n_row <= 1:
-        by_rank = torch.full((n_row,), density, dtype=torch.float64)
-    else:
-        by_rank = (density - epsilon) + 2 * epsilon * torch.arange(n_row, dtype=torch.float64) / (
-            n_row - 1
-        )
-    # built on CPU so the probabilities are bit-identical on every device
-    by_rank = by_rank.to(device=delta.device, dtype=torch.float32)
-    order = torch.argsort(rows, dim=1, stable=True)
-    prob = torch.empty_like(rows).scatter_(1, order, by_rank.expand_as(rows))
-    return keep_mask(job.seed, job.name, index, delta.shape, prob.reshape(delta.shape))
+        return _Keep()
+    assert job.base is not None
+    return _Magprune(job, index, density, epsilon, _row_width(job.base))
 
 
 # ---------------------------------------------------------------- formulas
@@ -432,10 +566,13 @@ def _linear(job: TensorJob) -> torch.Tensor:
             "by them",
             "change the weights or set normalize: false",
         )
-    out = torch.zeros_like(job.inputs[0])
-    for weight, tensor in zip(weights, job.inputs, strict=True):
-        out.add_(tensor, alpha=weight)
-    return out.div_(total) if normalize else out
+    out = _output(job, job.inputs[0])
+    for span in _spans(out.numel()):
+        acc = _f32(job.inputs[0], span).mul_(weights[0])
+        for weight, tensor in zip(weights[1:], job.inputs[1:], strict=True):
+            acc.add_(_f32(tensor, span), alpha=weight)
+        _flat(out)[span] = acc.div_(total) if normalize else acc
+    return out
 
 
 def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
@@ -444,120 +581,169 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
     def formula(job: TensorJob) -> torch.Tensor:
         assert job.base is not None  # checked by Method.merge
         base = job.base
-        weights = _weights(job)
-        rescale = bool(job.params.get("rescale", False))
-        # sign election needs every weighted vector; without it a running sum is enough
-        weighted: list[torch.Tensor] = []
-        numerator: torch.Tensor | None = None
-        for index, (tensor, values) in enumerate(zip(job.inputs, job.input_params, strict=True)):
-            delta = tensor - base
-            mask = sparsify(delta, values, job, index) if sparsify else None
-            if mask is not None:
-                before = _l1(delta) if rescale else None
-                delta.mul_(mask)
-                if before is not None:
-                    after = _l1(delta)
-                    usable = (before >= _RESCALE_EPS) & (after >= _RESCALE_EPS)
-                    # stays on the device: no sync per input
-                    delta.mul_(torch.where(usable, before / after.clamp_min(_RESCALE_EPS), 1.0))
-            u = delta.mul_(weights[index])
-            if consensus:
-                weighted.append(u)
-            elif numerator is None:
-                numerator = u
-            else:
-                numerator.add_(u)
+        n, weights = base.numel(), _weights(job)
+        spans = _spans(n, _row_width(base) if sparsify is _magprune else 1)
 
-        divisor: torch.Tensor | float
-        if consensus:
-            # With s = sgn⁺(Σ u), the agreeing entries are those with s·u > 0, so
-            # Σ [agrees]·u = s · Σ relu(s·u): a few in-place passes per input.
-            sign = torch.zeros_like(base)
-            for u in weighted:
-                sign.add_(u)
-            sign = torch.where(sign >= 0, 1.0, -1.0)  # sgn⁺: a zero sum elects +
-            numerator = torch.zeros_like(base)
-            divisor = torch.zeros_like(base)
-            for weight, u in zip(weights, weighted, strict=True):
-                agreeing = u.mul_(sign).clamp_min_(0)  # u = 0 agrees with neither sign
-                numerator.add_(agreeing)
-                divisor.add_(agreeing.sign_(), alpha=weight)
-            del weighted
-            numerator.mul_(sign)
-            # "zero" with the same tolerance as below: a float sum like 0.3 + 0.3 − 0.6 is
-            # not exactly 0 and must not blow the result up
-            divisor = torch.where(divisor.abs() < _DIVISOR_EPS, 1.0, divisor)
-        else:
-            divisor = math.fsum(weights)
-            if abs(divisor) < _DIVISOR_EPS:
-                divisor = 1.0
-        assert numerator is not None  # at least one input
-        if job.params["normalize"]:
-            numerator.div_(divisor)
-        return numerator.mul_(float(job.params["lambda"])).add_(base)
+        def deltas_of(i: int) -> Deltas:
+            return lambda: (_f32(job.inputs[i], s).sub_(_f32(base, s)) for s in spans)
+
+        maskers = [
+            sparsify(job, i, values, deltas_of(i), n) if sparsify else None
+            for i, values in enumerate(job.input_params)
+        ]
+        factors = [
+            _rescale_factor(masker, deltas_of(i), spans)
+            if masker is not None and job.params.get("rescale")
+            else 1.0
+            for i, masker in enumerate(maskers)
+        ]
+        divisor_all = math.fsum(weights)
+        if abs(divisor_all) < _DIVISOR_EPS:
+            divisor_all = 1.0
+        out = _output(job, base)
+        for span in spans:
+            theta0 = _f32(base, span)
+            weighted = []
+            for i, masker in enumerate(maskers):
+                delta = _f32(job.inputs[i], span).sub_(theta0)
+                if masker is not None:
+                    delta.mul_(masker(delta, span))
+                weighted.append(delta.mul_(weights[i] * factors[i]))
+            numerator, divisor = (
+                _elect(weighted, weights) if consensus else _sum(weighted, divisor_all)
+            )
+            merged = numerator.div_(divisor) if job.params["normalize"] else numerator
+            _flat(out)[span] = merged.mul_(float(job.params["lambda"])).add_(theta0)
+        return out
 
     return formula
+
+
+def _rescale_factor(masker: _Masker, deltas: Deltas, spans: list[slice]) -> float:
+    """‖δ‖₁ / ‖mask⊙δ‖₁ over the whole tensor; 1 when either is below 1e-7."""
+    before = after = 0.0
+    masker.reset()
+    for delta, span in zip(deltas(), spans, strict=True):
+        before += float(delta.abs().sum(dtype=torch.float64))
+        after += float((delta * masker(delta, span)).abs().sum(dtype=torch.float64))
+    masker.reset()
+    if before < _RESCALE_EPS or after < _RESCALE_EPS:
+        return 1.0
+    return float(torch.tensor(before, dtype=torch.float64) / after)
+
+
+def _sum(weighted: list[torch.Tensor], divisor: float) -> tuple[torch.Tensor, float]:
+    numerator = weighted[0]
+    for u in weighted[1:]:
+        numerator.add_(u)
+    return numerator, divisor
+
+
+def _elect(weighted: list[torch.Tensor], weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ agreeing u, Σ agreeing w) for sign s = sgn⁺(Σ u): with s·u > 0 marking
+    agreement, Σ [agrees]·u = s · Σ relu(s·u). Entries with u = 0 agree with neither."""
+    sign = weighted[0].clone()
+    for u in weighted[1:]:
+        sign.add_(u)
+    sign = torch.where(sign >= 0, 1.0, -1.0)  # sgn⁺: a zero sum elects +
+    numerator = torch.zeros_like(sign)
+    divisor = torch.zeros_like(sign)
+    for weight, u in zip(weights, weighted, strict=True):
+        agreeing = u.mul_(sign).clamp_min_(0)
+        numerator.add_(agreeing)
+        divisor.add_(agreeing.sign_(), alpha=weight)
+    numerator.mul_(sign)
+    # "zero" with a tolerance: a float sum like 0.3 + 0.3 − 0.6 is not exactly 0
+    return numerator, torch.where(divisor.abs() < _DIVISOR_EPS, 1.0, divisor)
 
 
 def _slerp(job: TensorJob) -> torch.Tensor:
     assert job.base is not None  # checked by Method.merge
     a, b = job.base, job.inputs[0]
     t = float(job.params["t"])
-    if t == 0:
-        return a
-    if t == 1:
-        return b
-    norm_a = float(torch.linalg.vector_norm(a))
-    norm_b = float(torch.linalg.vector_norm(b))
+    if t in (0, 1):
+        return (a if t == 0 else b).to(job.out_dtype)
+    spans = _spans(a.numel())
+    dot = norm_a = norm_b = 0.0
+    for span in spans:
+        x, y = _f32(a, span).double(), _f32(b, span).double()
+        dot, norm_a, norm_b = dot + float(x @ y), norm_a + float(x @ x), norm_b + float(y @ y)
+    norm_a, norm_b = math.sqrt(norm_a), math.sqrt(norm_b)
     norm_a = 1.0 if norm_a <= _SLERP_NORM_EPS else norm_a
     norm_b = 1.0 if norm_b <= _SLERP_NORM_EPS else norm_b
-    cosine = float(torch.dot(a.reshape(-1), b.reshape(-1))) / (norm_a * norm_b)
-    cosine = min(1.0, max(-1.0, cosine))
+    cosine = min(1.0, max(-1.0, dot / (norm_a * norm_b)))
     if abs(cosine) > _SLERP_LERP_ABOVE:
         # nearly (anti)parallel: sin θ ≈ 0 would blow up the slerp coefficients
-        return a.mul(1 - t).add_(b, alpha=t)
-    theta = math.acos(cosine)
-    sin_theta = math.sin(theta)
-    return a.mul(math.sin((1 - t) * theta) / sin_theta).add_(
-        b, alpha=math.sin(t * theta) / sin_theta
-    )
+        ca, cb = 1 - t, t
+    else:
+        theta = math.acos(cosine)
+        ca, cb = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    out = _output(job, a)
+    for span in spans:
+        _flat(out)[span] = _f32(a, span).mul_(ca).add_(_f32(b, span), alpha=cb)
+    return out
 
 
 def _model_stock(job: TensorJob) -> torch.Tensor:
     assert job.base is not None  # checked by Method.merge
     base = job.base
     k = len(job.inputs)
-    filter_wise = bool(job.params["filter_wise"])
-    # per row: [rows, cols] views; whole tensor: one row of everything
-    deltas = [
-        _rows(tensor - base) if filter_wise else (tensor - base).reshape(1, -1)
-        for tensor in job.inputs
-    ]
-    norms = [torch.linalg.vector_norm(d, dim=1) for d in deltas]
-    cosine_sum = torch.zeros_like(norms[0])
+    width = _row_width(base) if job.params["filter_wise"] and base.dim() > 1 else base.numel()
+    out = _output(job, base)
+    # Whole tensor: one "row" of everything, its dot products summed over spans.
+    # filter_wise: spans of whole rows, each row with its own interpolation factor.
+    spans = _spans(base.numel(), width if width < base.numel() else 1)
+    if width == base.numel():
+        gram = torch.zeros(k, k, dtype=torch.float64, device=base.device)
+        for span in spans:
+            d = torch.stack([_f32(x, span) for x in job.inputs]).sub_(_f32(base, span))
+            gram += d.double() @ d.double().T
+        t = _stock_t(gram.unsqueeze(0), k)
+        for span in spans:
+            _flat(out)[span] = _stock_mix(job, base, span, t)
+        return out
+    for span in spans:
+        d = torch.stack([_f32(x, span) for x in job.inputs]).sub_(_f32(base, span))
+        rows = d.reshape(k, -1, width).double()
+        gram = torch.einsum("irc,jrc->rij", rows, rows)
+        t = _stock_t(gram, k).repeat_interleave(width)
+        _flat(out)[span] = _stock_mix(job, base, span, t)
+    return out
+
+
+def _stock_t(gram: torch.Tensor, k: int) -> torch.Tensor:
+    """Per Gram matrix [r, k, k] of the deltas: t = k·c / (1 + (k−1)·c), c the mean
+    pairwise cosine (each clamped to [−1, 1]); t = 0 where the denominator ≈ 0."""
+    norms = torch.diagonal(gram, dim1=1, dim2=2).sqrt()
+    cosine_sum = torch.zeros(gram.shape[0], dtype=torch.float64, device=gram.device)
     for i in range(k):
         for j in range(i + 1, k):
-            dot = torch.einsum("rc,rc->r", deltas[i], deltas[j])
-            cosine = dot / (norms[i] * norms[j]).clamp_min(_STOCK_EPS)
-            cosine_sum.add_(cosine.clamp_(-1.0, 1.0))
-    del deltas
-    c = cosine_sum / (k * (k - 1) / 2)
+            cosine = gram[:, i, j] / (norms[:, i] * norms[:, j]).clamp_min(_STOCK_EPS)
+            cosine_sum += cosine.clamp(-1.0, 1.0)
+    c = (cosine_sum / (k * (k - 1) / 2)).float()
     denominator = 1 + (k - 1) * c
     degenerate = denominator.abs() < _STOCK_EPS
-    t = torch.where(degenerate, 0.0, k * c / torch.where(degenerate, 1.0, denominator))
-    # one t per row, broadcast over the rest of the row
-    t = t.reshape(-1, *([1] * (base.dim() - 1))) if filter_wise and base.dim() > 1 else t.sum()
-    mean = torch.zeros_like(base)
-    for tensor in job.inputs:
-        mean.add_(tensor)
-    mean.div_(k)
-    return mean.mul_(t).add_(base * (1 - t))
+    return torch.where(degenerate, 0.0, k * c / torch.where(degenerate, 1.0, denominator))
+
+
+def _stock_mix(job: TensorJob, base: torch.Tensor, span: slice, t: torch.Tensor) -> torch.Tensor:
+    """t·mean(θᵢ) + (1 − t)·θ₀ over one span."""
+    mean = _f32(job.inputs[0], span)
+    for x in job.inputs[1:]:
+        mean.add_(_f32(x, span))
+    mean.div_(len(job.inputs))
+    return mean.mul_(t).add_(_f32(base, span) * (1 - t))
 
 
 def _passthrough(job: TensorJob) -> torch.Tensor:
     scale = float(job.input_params[0]["scale"])
     tensor = job.inputs[0]
-    return tensor if scale == 1 else tensor * scale
+    if scale == 1:
+        return tensor.to(job.out_dtype)
+    out = _output(job, tensor)
+    for span in _spans(tensor.numel()):
+        _flat(out)[span] = _f32(tensor, span).mul_(scale)
+    return out
 
 
 # ---------------------------------------------------------------- parameters

@@ -205,13 +205,15 @@ def _merge_one(
                     "graft copies such tensors only when every input agrees",
                 )
         return reference, False
+    # Inputs stay in their own dtype; the formula computes in fp32 span by span.
     job = TensorJob(
         name=task.name,
-        base=base.to(device, torch.float32) if base is not None else None,
-        inputs=tuple(t.to(device, torch.float32) for t in inputs),
+        base=base.to(device) if base is not None else None,
+        inputs=tuple(t.to(device) for t in inputs),
         input_params=task.input_params,
         params=task.params,
         seed=seed,
+        out_dtype=TORCH_DTYPES[task.dtype],
     )
-    out = plan.config.method.merge(job).to(TORCH_DTYPES[task.dtype]).cpu()
+    out = plan.config.method.merge(job).cpu()
     return out, not torch.equal(out, reference.to(out.dtype))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from merge import methods
 from merge.errors import MergeConfigError, MergeInputError
 from merge.methods import (
     METHODS,
@@ -625,16 +626,31 @@ def test_merge_does_not_modify_its_inputs():
     assert all(torch.equal(a, b) for a, b in zip(copies, [job.base, *job.inputs], strict=True))
 
 
-@pytest.mark.parametrize("kind", ["normal", "few values", "constant"])
-def test_bracketed_selection_equals_kthvalue_on_large_tensors(kind: str) -> None:
-    from merge.methods import _kth_smallest
+@pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties"])
+def test_radix_selection_equals_kthvalue(kind: str) -> None:
+    from merge.methods import _kth_largest
 
-    n = 2_000_003  # large enough to take the sampled path
+    n = 100_003
     g = torch.Generator().manual_seed(3)
     values = {
         "normal": torch.randn(n, generator=g).abs(),
         "few values": torch.randint(0, 5, (n,), generator=g).float(),
         "constant": torch.ones(n),
+        "zeros and ties": torch.randint(0, 2, (n,), generator=g).float() * 0.015625,
     }[kind]
+    spans = [values[i : i + 997] for i in range(0, n, 997)]  # many uneven spans
     for k in (1, 17, n // 3, n // 2, n - 1, n):
-        assert torch.equal(_kth_smallest(values, k), torch.kthvalue(values, k).values), k
+        rank = _kth_largest(lambda: iter(spans), k)
+        expected = torch.kthvalue(values, n - k + 1).values
+        assert rank.bits == int(expected.view(torch.int32)), k
+        assert rank.above == int((values > expected).sum())
+        assert rank.equal == int((values == expected).sum())
+
+
+@pytest.fixture(params=["one span", "many spans"], autouse=True)
+def _spans(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs twice: whole tensors in one span, and cut into spans of 7
+    elements (whole rows for the per-row formulas): the streaming passes must
+    agree with the whole-tensor formulas."""
+    if request.param == "many spans":
+        monkeypatch.setattr(methods, "CHUNK", 7)
