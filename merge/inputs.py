@@ -198,6 +198,51 @@ class FoldedModel:
         return self.base.companions()
 
 
+@dataclass(frozen=True)
+class FileSpanTensor:
+    """A float tensor in a file (a blob or a safetensors file), read a span of
+    elements at a time: what the merge formulas see of very large tensors."""
+
+    path: Path
+    offset: int  # of the tensor's first byte
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def span(self, span: slice) -> torch.Tensor:
+        size = self.dtype.itemsize
+        data = bytearray((span.stop - span.start) * size)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [data], self.offset + span.start * size) if data else 0
+        finally:
+            os.close(fd)
+        if got != len(data):
+            raise MergeConfigError(f"{self.path}: shorter than its header says", "re-save it")
+        return torch.frombuffer(data, dtype=self.dtype).to(self.device)
+
+
+def span_tensor(source: ModelSource, name: str, device: torch.device) -> FileSpanTensor | None:
+    """`name` as a FileSpanTensor, when `source` holds it as plain float bytes."""
+    info = source.tensors[name]
+    if not info.is_float or not all(info.shape):
+        return None
+    shape, dtype = torch.Size(info.shape), TORCH_DTYPES[info.dtype]
+    if isinstance(source, StoredModel):
+        path = source.store.blobs.path(source._records[name].blob)
+        return FileSpanTensor(path, 0, shape, dtype, device)
+    if isinstance(source, LocalModel):
+        header, offset, _ = source._where[name]
+        return FileSpanTensor(header.path, offset, shape, dtype, device)
+    return None
+
+
 def is_adapter(source: ModelSource) -> bool:
     return source.companion("adapter_config.json") is not None
 

@@ -97,6 +97,26 @@ class Param:
         return None
 
 
+class SpanTensor(Protocol):
+    """A tensor too large to hold whole beside its fp32 work: read a span of its
+    flattened elements at a time (already on the job's device)."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def numel(self) -> int: ...
+
+    def dim(self) -> int: ...
+
+    def span(self, span: slice) -> torch.Tensor: ...
+
+
+TensorIn = torch.Tensor | SpanTensor
+
+
 @dataclass(frozen=True)
 class TensorJob:
     """Everything one output tensor's merge needs, on one device (any float dtype).
@@ -108,8 +128,8 @@ class TensorJob:
     """
 
     name: str
-    base: torch.Tensor | None
-    inputs: tuple[torch.Tensor, ...]
+    base: TensorIn | None
+    inputs: tuple[TensorIn, ...]
     input_params: tuple[dict[str, ParamValue], ...]
     params: dict[str, ParamValue]
     seed: int = 0
@@ -260,17 +280,28 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1)
 
 
-def _f32(tensor: torch.Tensor, span: slice) -> torch.Tensor:
+def _f32(tensor: TensorIn, span: slice) -> torch.Tensor:
     """A fresh fp32 copy of a span (formulas work on it in place)."""
-    return _flat(tensor)[span].to(torch.float32, copy=True)
+    part = _flat(tensor)[span] if isinstance(tensor, torch.Tensor) else tensor.span(span)
+    return part.to(torch.float32, copy=True)
 
 
-def _row_width(tensor: torch.Tensor) -> int:
+def _cast(job: TensorJob, tensor: TensorIn) -> torch.Tensor:
+    """`tensor` in the output dtype (itself when it already is one)."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor.to(job.out_dtype)
+    out = _output(job, tensor)
+    for span in _spans(tensor.numel()):
+        _flat(out)[span] = _f32(tensor, span)
+    return out
+
+
+def _row_width(tensor: TensorIn) -> int:
     """Elements per row: rows are along dim 0; 0-D and 1-D tensors are one row."""
     return tensor.numel() if tensor.dim() <= 1 else math.prod(tensor.shape[1:])
 
 
-def _output(job: TensorJob, like: torch.Tensor) -> torch.Tensor:
+def _output(job: TensorJob, like: TensorIn) -> torch.Tensor:
     return torch.empty(like.shape, dtype=job.out_dtype, device=like.device)
 
 
@@ -662,7 +693,7 @@ def _slerp(job: TensorJob) -> torch.Tensor:
     a, b = job.base, job.inputs[0]
     t = float(job.params["t"])
     if t in (0, 1):
-        return (a if t == 0 else b).to(job.out_dtype)
+        return _cast(job, a if t == 0 else b)
     spans = _spans(a.numel())
     dot = norm_a = norm_b = 0.0
     for span in spans:
@@ -726,7 +757,7 @@ def _stock_t(gram: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(degenerate, 0.0, k * c / torch.where(degenerate, 1.0, denominator))
 
 
-def _stock_mix(job: TensorJob, base: torch.Tensor, span: slice, t: torch.Tensor) -> torch.Tensor:
+def _stock_mix(job: TensorJob, base: TensorIn, span: slice, t: torch.Tensor) -> torch.Tensor:
     """t·mean(θᵢ) + (1 − t)·θ₀ over one span."""
     mean = _f32(job.inputs[0], span)
     for x in job.inputs[1:]:
@@ -739,7 +770,7 @@ def _passthrough(job: TensorJob) -> torch.Tensor:
     scale = float(job.input_params[0]["scale"])
     tensor = job.inputs[0]
     if scale == 1:
-        return tensor.to(job.out_dtype)
+        return _cast(job, tensor)
     out = _output(job, tensor)
     for span in _spans(tensor.numel()):
         _flat(out)[span] = _f32(tensor, span).mul_(scale)

@@ -10,6 +10,7 @@ byte is on disk, so an interrupted merge never leaves a folder that looks done.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,11 +24,13 @@ import torch
 
 from lineage.tensors import TORCH_DTYPES
 from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from merge.methods import TensorJob
+from merge.inputs import ModelSource, span_tensor
+from merge.methods import TensorIn, TensorJob
 from merge.output import companion_files, lineage_metadata, model_card, write_companions
-from merge.plan import MergePlan, TensorTask
+from merge.plan import MergePlan, TensorRef, TensorTask
 from merge.writer import PlannedTensor, ShardWriter
 from registry.fsutil import fsync_dir
+from registry.safetensors_header import DTYPE_BITS
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
 
@@ -137,7 +140,16 @@ def _device(name: str) -> torch.device:
     return device
 
 
-Loaded = tuple[torch.Tensor | None, list[torch.Tensor]]
+Loaded = tuple[TensorIn | None, list[TensorIn]]
+# Tensors larger than this are not read whole: the formulas read them a span at
+# a time (an embedding of a big vocabulary would otherwise sit in memory once
+# per input), at the price of reading them once per pass.
+READ_WHOLE_BELOW = 32 << 20
+
+
+def task_bytes(source: ModelSource, name: str) -> int:
+    info = source.tensors[name]
+    return math.prod(info.shape) * DTYPE_BITS[info.dtype] // 8
 
 
 def _execute(
@@ -154,9 +166,17 @@ def _execute(
     touched: list[str] = []
     done_bytes = 0
 
+    def read(ref: TensorRef) -> TensorIn:
+        source = plan.sources[ref.source]
+        large = task_bytes(source, ref.name) > READ_WHOLE_BELOW
+        lazy = span_tensor(source, ref.name, device) if large else None
+        return lazy if lazy is not None else source.load(ref.name)
+
     def load(task: TensorTask) -> Loaded:
-        base = plan.sources[task.base.source].load(task.base.name) if task.base else None
-        return base, [plan.sources[r.source].load(r.name) for r in task.inputs]
+        if task.copy:  # small and compared whole
+            base = plan.sources[task.base.source].load(task.base.name) if task.base else None
+            return base, [plan.sources[r.source].load(r.name) for r in task.inputs]
+        return (read(task.base) if task.base else None), [read(r) for r in task.inputs]
 
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="graft-read") as reader:
@@ -188,8 +208,8 @@ def _execute(
 def _merge_one(
     plan: MergePlan,
     task: TensorTask,
-    base: torch.Tensor | None,
-    inputs: list[torch.Tensor],
+    base: TensorIn | None,
+    inputs: list[TensorIn],
     seed: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, bool]:
@@ -197,8 +217,9 @@ def _merge_one(
     from the base — or the first input when there is none)."""
     reference = base if base is not None else inputs[0]
     if task.copy:
+        assert isinstance(reference, torch.Tensor)
         for other, ref in zip(inputs, task.inputs, strict=True):
-            if not torch.equal(other, reference):
+            if not isinstance(other, torch.Tensor) or not torch.equal(other, reference):
                 raise MergeInputError(
                     f"tensor {task.name} ({task.dtype}, not a float) differs in "
                     f"{plan.sources[ref.source].label!r}",
@@ -208,12 +229,30 @@ def _merge_one(
     # Inputs stay in their own dtype; the formula computes in fp32 span by span.
     job = TensorJob(
         name=task.name,
-        base=base.to(device) if base is not None else None,
-        inputs=tuple(t.to(device) for t in inputs),
+        base=_on(base, device) if base is not None else None,
+        inputs=tuple(_on(t, device) for t in inputs),
         input_params=task.input_params,
         params=task.params,
         seed=seed,
         out_dtype=TORCH_DTYPES[task.dtype],
     )
     out = plan.config.method.merge(job).cpu()
-    return out, not torch.equal(out, reference.to(out.dtype))
+    return out, _differs(out, reference)
+
+
+def _on(tensor: TensorIn, device: torch.device) -> TensorIn:
+    return tensor.to(device) if isinstance(tensor, torch.Tensor) else tensor
+
+
+def _differs(out: torch.Tensor, reference: TensorIn) -> bool:
+    if isinstance(reference, torch.Tensor):
+        return not torch.equal(out, reference.to(out.dtype))
+    flat = out.reshape(-1)
+    step = 1 << 22
+    return any(
+        not torch.equal(
+            flat[i : i + step],
+            reference.span(slice(i, min(i + step, flat.numel()))).cpu().to(out.dtype),
+        )
+        for i in range(0, flat.numel(), step)
+    )

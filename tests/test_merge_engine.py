@@ -13,6 +13,7 @@ from click.testing import Result
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from lineage import register
 from merge.api import merge_models
 from merge.config import ParamValue, parse_config
 from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
@@ -586,3 +587,41 @@ def test_fold_without_a_known_base_says_to_name_one(
     assert "no base recorded for this adapter; name one with --base REF" in result.stderr
     graft("fold", adapter, "--base", BASE, "--out", tmp_path / "full", "--no-register")
     assert (tmp_path / "full" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "slerp", "model_stock", "breadcrumbs"])
+def test_tensors_read_span_by_span_give_the_same_bytes(
+    method: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large tensors are read a span at a time, from files and from blobs alike."""
+    from merge import methods
+    from merge import run as run_module
+
+    for model in (BASE, SFT):  # the inputs come from blobs
+        register(model, store=store)
+    params = {
+        "ties": {"weight": 0.6, "density": 0.4},
+        "dare_ties": {"weight": 0.6, "density": 0.4},
+        "breadcrumbs": {"weight": 0.6, "density": 0.8, "gamma": 0.05},
+    }.get(method, {})
+    doc = config(
+        merge_method=method,
+        base_model="tiny-llama",
+        models=[
+            {"model": "tiny-llama-sft", **({"parameters": params} if params else {})},
+            *(
+                [{"model": BASE + "+" + str(SAMPLES / "lora-copy")}]
+                if method == "model_stock"
+                else []
+            ),
+        ],
+        **({"parameters": {"t": 0.3}} if method == "slerp" else {}),
+    )
+    whole = run(build_plan(parse_config(doc), store), tmp_path / "whole", seed=3)
+    monkeypatch.setattr(run_module, "READ_WHOLE_BELOW", 0)
+    monkeypatch.setattr(methods, "CHUNK", 1000)
+    spans = run(build_plan(parse_config(doc), store), tmp_path / "spans", seed=3)
+    assert whole.touched == spans.touched
+    assert weights(tmp_path / "whole").keys() == weights(tmp_path / "spans").keys()
+    for name, tensor in weights(tmp_path / "whole").items():
+        assert torch.equal(tensor, weights(tmp_path / "spans")[name]), name
