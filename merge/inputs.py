@@ -9,6 +9,7 @@ only ever holds the headers; tensor bytes are read when asked for.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from lineage.tensors import TORCH_DTYPES, load_tensor
 from merge.errors import AdapterError, MergeConfigError
 from merge.lora import LoraAdapter, check_base, fold, read_adapter
 from registry import ArtifactNotFound, Manifest, Store
-from registry.safetensors_header import FLOAT_DTYPES, SafetensorsHeader
+from registry.safetensors_header import DTYPE_BITS, FLOAT_DTYPES, SafetensorsHeader
 from registry.sources import scan
 
 
@@ -33,6 +34,10 @@ class TensorInfo:
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BITS[self.dtype] // 8
 
 
 class ModelSource(Protocol):

@@ -373,27 +373,39 @@ class _Rank:
     equal: int
 
 
-def _kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int) -> _Rank:
+# Below this many elements the first pass keeps the bit patterns for the second
+# (4 bytes each) instead of computing the values again.
+_KEEP_BITS_BELOW = 1 << 23
+
+
+def _kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int, n: int) -> _Rank:
     """Exact selection by two radix histograms (high, then low 16 bits) over
-    the spans' |values| — two streaming passes, 64 K counters of memory."""
+    the spans' values — two streaming passes, 64 K counters of memory."""
     high = None
+    kept: list[torch.Tensor] = []
     for values in spans():
-        counts = torch.bincount(_bits(values) >> 16, minlength=1 << 16)
+        bits = _bits(values)
+        counts = torch.bincount(bits >> 16, minlength=1 << 16)
         high = counts if high is None else high + counts
+        if n < _KEEP_BITS_BELOW:
+            kept.append(bits)
     assert high is not None
-    from_top = torch.cumsum(high.flip(0), 0).flip(0)  # values in bins ≥ b
+    from_top = _suffix_sums(high)  # values in bins ≥ b
     bin_ = int(torch.nonzero(from_top >= k).max())
     above_bin = int(from_top[bin_ + 1]) if bin_ + 1 < from_top.numel() else 0
     low = None
-    for values in spans():
-        bits = _bits(values)
+    for bits in kept or (_bits(values) for values in spans()):
         counts = torch.bincount(bits[(bits >> 16) == bin_] & 0xFFFF, minlength=1 << 16)
         low = counts if low is None else low + counts
     assert low is not None
-    from_top = torch.cumsum(low.flip(0), 0).flip(0)
+    from_top = _suffix_sums(low)
     lo = int(torch.nonzero(from_top >= k - above_bin).max())
     above = above_bin + (int(from_top[lo + 1]) if lo + 1 < from_top.numel() else 0)
     return _Rank((bin_ << 16) | lo, above, int(low[lo]))
+
+
+def _suffix_sums(counts: torch.Tensor) -> torch.Tensor:
+    return counts.sum() - torch.cumsum(counts, 0) + counts
 
 
 class _RankMask:
@@ -428,7 +440,7 @@ def _rank_mask(
     target = k if largest else n - k + 1  # the k-th smallest is the (n-k+1)-th largest
     if k <= 0:
         return _RankMask(_Rank(-1 if largest else 0, n if largest else 0, 0), 0, n, largest=largest)
-    rank = _kth_largest(lambda: (d.abs() for d in deltas()), target)
+    rank = _kth_largest(lambda: (d.abs() for d in deltas()), target, n)
     return _RankMask(rank, k, n, largest=largest)
 
 
@@ -676,7 +688,8 @@ def _elect(weighted: list[torch.Tensor], weights: list[float]) -> tuple[torch.Te
     sign = weighted[0].clone()
     for u in weighted[1:]:
         sign.add_(u)
-    sign = torch.where(sign >= 0, 1.0, -1.0)  # sgn⁺: a zero sum elects +
+    # sgn⁺ (a zero sum elects +): adding +0 turns −0 into +0 before copysign
+    sign = torch.ones_like(sign).copysign_(sign.add_(0.0))
     numerator = torch.zeros_like(sign)
     divisor = torch.zeros_like(sign)
     for weight, u in zip(weights, weighted, strict=True):

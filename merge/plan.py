@@ -12,6 +12,7 @@ previous one's; its sources' layers `start + o` feed output layer
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from merge.config import InputSpec, MergeConfig, Params, ParamValue, Scalar
 from merge.errors import MergeConfigError, MergeInputError
 from merge.inputs import ModelSource, TensorInfo, is_adapter, open_model
 from registry import Store
+from registry.safetensors_header import DTYPE_BITS
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,7 @@ class TensorTask:
 
     @property
     def nbytes(self) -> int:
-        from registry.safetensors_header import DTYPE_BITS
-
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * DTYPE_BITS[self.dtype] // 8
+        return math.prod(self.shape) * DTYPE_BITS[self.dtype] // 8
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Execute a merge plan tensor by tensor into a new folder.
 
 Memory holds the inputs of the tensor being merged plus those of the next one,
-which a reader thread loads while this one computes; nothing else. Results are
+which a reader thread loads while this one computes (inputs over 32 MB are not
+loaded at all: the formulas read them a span at a time). Results are
 computed in fp32 and rounded once to the output dtype. The output is built in
 a hidden temp folder beside `out_dir` and renamed into place only when every
 byte is on disk, so an interrupted merge never leaves a folder that looks done.
@@ -10,13 +11,12 @@ byte is on disk, so an interrupted merge never leaves a folder that looks done.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +24,12 @@ import torch
 
 from lineage.tensors import TORCH_DTYPES
 from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from merge.inputs import ModelSource, span_tensor
+from merge.inputs import span_tensor
 from merge.methods import TensorIn, TensorJob
 from merge.output import companion_files, lineage_metadata, model_card, write_companions
 from merge.plan import MergePlan, TensorRef, TensorTask
 from merge.writer import PlannedTensor, ShardWriter
 from registry.fsutil import fsync_dir
-from registry.safetensors_header import DTYPE_BITS
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
 
@@ -147,11 +146,6 @@ Loaded = tuple[TensorIn | None, list[TensorIn]]
 READ_WHOLE_BELOW = 32 << 20
 
 
-def task_bytes(source: ModelSource, name: str) -> int:
-    info = source.tensors[name]
-    return math.prod(info.shape) * DTYPE_BITS[info.dtype] // 8
-
-
 def _execute(
     plan: MergePlan,
     work: Path,
@@ -168,7 +162,7 @@ def _execute(
 
     def read(ref: TensorRef) -> TensorIn:
         source = plan.sources[ref.source]
-        large = task_bytes(source, ref.name) > READ_WHOLE_BELOW
+        large = source.tensors[ref.name].nbytes > READ_WHOLE_BELOW
         lazy = span_tensor(source, ref.name, device) if large else None
         return lazy if lazy is not None else source.load(ref.name)
 
@@ -178,29 +172,38 @@ def _execute(
             return base, [plan.sources[r.source].load(r.name) for r in task.inputs]
         return (read(task.base) if task.base else None), [read(r) for r in task.inputs]
 
+    # Three stages overlap: the reader loads tensor i+1 and the writer writes
+    # tensor i-1 while tensor i is merged.
+    reader = ThreadPoolExecutor(1, thread_name_prefix="graft-read")
+    writing = ThreadPoolExecutor(1, thread_name_prefix="graft-write")
+    written: Future[None] | None = None
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="graft-read") as reader:
-            pending = reader.submit(load, plan.tasks[0])
-            for i, task in enumerate(plan.tasks):
-                if should_cancel and should_cancel():
-                    raise MergeCancelled("merge cancelled", "nothing was written to the output")
-                base, inputs = pending.result()
-                if i + 1 < len(plan.tasks):
-                    pending = reader.submit(load, plan.tasks[i + 1])
-                out, changed = _merge_one(plan, task, base, inputs, seed, device)
-                del base, inputs
-                writer.write(task.name, out)
-                if changed:
-                    touched.append(task.name)
-                done_bytes += task.nbytes
-                if on_progress:
-                    on_progress(
-                        MergeProgress(
-                            i + 1, len(plan.tasks), done_bytes, plan.total_bytes, task.name
-                        )
-                    )
-            writer.finish({"graft.touched": json.dumps(touched)})
+        pending = reader.submit(load, plan.tasks[0])
+        for i, task in enumerate(plan.tasks):
+            if should_cancel and should_cancel():
+                raise MergeCancelled("merge cancelled", "nothing was written to the output")
+            base, inputs = pending.result()
+            if i + 1 < len(plan.tasks):
+                pending = reader.submit(load, plan.tasks[i + 1])
+            out, changed = _merge_one(plan, task, base, inputs, seed, device)
+            del base, inputs
+            if written is not None:
+                written.result()
+            written = writing.submit(writer.write, task.name, out)
+            del out
+            if changed:
+                touched.append(task.name)
+            done_bytes += task.nbytes
+            if on_progress:
+                on_progress(
+                    MergeProgress(i + 1, len(plan.tasks), done_bytes, plan.total_bytes, task.name)
+                )
+        if written is not None:
+            written.result()
+        writer.finish({"graft.touched": json.dumps(touched)})
     finally:
+        for pool in (reader, writing):
+            pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
     return Written(writer.files, len(plan.tasks), plan.total_bytes, touched, companion_files(plan))
 

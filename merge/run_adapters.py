@@ -28,6 +28,7 @@ from merge.output import lineage_metadata
 from merge.plan import MergePlan, TensorTask
 from merge.run import MergeProgress, Written
 from merge.writer import PlannedTensor, ShardWriter
+from registry.safetensors_header import DTYPE_BITS
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -122,8 +123,6 @@ def _delta(plan: MergePlan, index: int) -> DeltaSource:
 
 
 def _planned(name: str, dtype: str, shape: tuple[int, int]) -> PlannedTensor:
-    from registry.safetensors_header import DTYPE_BITS
-
     return PlannedTensor(name, dtype, shape, shape[0] * shape[1] * DTYPE_BITS[dtype] // 8)
 
 

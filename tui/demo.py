@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+import yaml
 
 import lineage
 import registry
@@ -45,3 +48,39 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
     render.out.print(lineage_views.touched_grid(touches, title, layers))
     render.out.print("\n[bold]$ graft touched --method lora[/]")
     render.out.print(lineage_views.method_grid(lineage.touched_by_method(store, "lora")))
+    _merge(store)
+
+
+# A TIES merge of the fine-tune with a LoRA folded into the base.
+MERGE_CONFIG = {
+    "merge_method": "ties",
+    "base_model": "tiny-llama",
+    "models": [
+        {"model": "tiny-llama-sft", "parameters": {"weight": 0.6, "density": 0.5}},
+        {"model": "tiny-llama+lora-copy", "parameters": {"weight": 0.4, "density": 0.5}},
+    ],
+    "dtype": "bfloat16",
+}
+
+
+def _merge(store: Store) -> None:
+    from merge import merge_models, parse_config
+
+    render.out.print("\n[bold]$ graft merge demo-soup.yaml --out demo-soup[/]")
+    render.out.print(yaml.safe_dump(MERGE_CONFIG, sort_keys=False).strip(), markup=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = merge_models(parse_config(MERGE_CONFIG), Path(scratch) / "demo-soup", store=store)
+    assert out.manifest is not None
+    r = out.result
+    render.out.print(
+        f"→ {out.manifest.ref}: {r.tensors} tensors, {len(r.touched)} changed against the base",
+        markup=False,
+    )
+    render.out.print(f"\n[bold]$ graft log {out.manifest.ref}[/]")
+    me, entries = lineage.log(store, out.manifest.ref)
+    render.out.print(lineage_views.log_tree(me, entries, children=False))
+    render.out.print(f"\n[bold]$ graft touched {out.manifest.ref}[/]  (grid only)")
+    touches = lineage.touched(store, out.manifest.ref)
+    layers = lineage.layers_of(store, out.manifest.ref)
+    title = "largest relative change per module vs the base (· untouched)"
+    render.out.print(lineage_views.touched_grid(touches, title, layers))
