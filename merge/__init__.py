@@ -7,9 +7,9 @@
 from merge.api import MergeOutcome, fold_adapter, merge_models
 from merge.config import MergeConfig, load_config, parse_config
 from merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
+from merge.executor import MergeProgress, MergeResult, run
 from merge.methods import METHODS, Method, Param, TensorJob, get_method
 from merge.plan import MergePlan, build_plan
-from merge.run import MergeProgress, MergeResult, run
 
 __all__ = [
     "METHODS",

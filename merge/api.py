@@ -17,9 +17,9 @@ from lineage.record import ensure_deltas
 from lineage.register import register
 from merge.config import MergeConfig, parse_config
 from merge.errors import MergeConfigError
+from merge.executor import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
 from merge.inputs import FoldedModel, ModelSource, open_model
 from merge.plan import MergePlan, build_plan
-from merge.run import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
 from registry import ArtifactNotFound, Manifest, Parent, Store, add
 from registry.manifest import Relation
 

@@ -23,10 +23,10 @@ from merge.adapters import (
     truncated,
 )
 from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from merge.executor import MergeProgress, Written
 from merge.methods import TensorJob
 from merge.output import lineage_metadata
 from merge.plan import MergePlan, TensorTask
-from merge.run import MergeProgress, Written
 from merge.writer import PlannedTensor, ShardWriter
 from registry.safetensors_header import DTYPE_BITS
 

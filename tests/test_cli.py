@@ -70,15 +70,19 @@ def test_demo_registers_lists_and_shows_lineage(graft):
     assert graft_json(graft, "show", "lora-copy")["shared"][0]["tensors"] == 0
     listed = graft_json(graft, "ls")
     assert sorted((a["name"], a["parents"]) for a in listed) == [
+        ("demo-soup", ["lora-copy@1", "tiny-llama@1", "tiny-llama-sft@1"]),
         ("lora-copy", ["tiny-llama@1"]),
         ("lora-count", ["tiny-llama@1"]),
         ("lora-reverse", ["tiny-llama@1"]),
         ("tiny-llama", []),
         ("tiny-llama-sft", ["tiny-llama@1"]),
     ]
+    assert "$ graft log demo-soup@1" in out and "merge by ties (role=input, weight=0.6" in out
+    soup = {t["layer"] for t in graft_json(graft, "touched", "demo-soup")}
+    assert soup == {0, 1, 2, 3}  # lora-copy's q/v everywhere, the fine-tune's layers 2-3
     again = graft("demo").stdout  # idempotent: nothing new
     assert again.count("already registered") == 5
-    assert len(graft_json(graft, "ls")) == 5
+    assert len(graft_json(graft, "ls")) == 6
 
 
 def test_show_tensors_lists_every_tensor(graft):

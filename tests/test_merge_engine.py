@@ -17,8 +17,8 @@ from lineage import register
 from merge.api import merge_models
 from merge.config import ParamValue, parse_config
 from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from merge.executor import run
 from merge.plan import build_plan
-from merge.run import run
 from registry import Store
 from tests.conftest import SAMPLES, graft_json, make_model, sha256_tree
 
@@ -594,8 +594,7 @@ def test_tensors_read_span_by_span_give_the_same_bytes(
     method: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large tensors are read a span at a time, from files and from blobs alike."""
-    from merge import methods
-    from merge import run as run_module
+    from merge import executor, methods
 
     for model in (BASE, SFT):  # the inputs come from blobs
         register(model, store=store)
@@ -618,7 +617,7 @@ def test_tensors_read_span_by_span_give_the_same_bytes(
         **({"parameters": {"t": 0.3}} if method == "slerp" else {}),
     )
     whole = run(build_plan(parse_config(doc), store), tmp_path / "whole", seed=3)
-    monkeypatch.setattr(run_module, "READ_WHOLE_BELOW", 0)
+    monkeypatch.setattr(executor, "READ_WHOLE_BELOW", 0)
     monkeypatch.setattr(methods, "CHUNK", 1000)
     spans = run(build_plan(parse_config(doc), store), tmp_path / "spans", seed=3)
     assert whole.touched == spans.touched

@@ -24,8 +24,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from merge.config import parse_config
+from merge.executor import run
 from merge.plan import build_plan
-from merge.run import run
 from tests.conftest import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
