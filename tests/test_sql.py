@@ -22,6 +22,7 @@ def test_sql_over_tables_and_views(demo):
     )
     # layer_touch: one row per (artifact, layer, module) changed
     assert rows == [
+        {"name": "demo-soup", "n": 22},  # the demo's TIES merge, against its base
         {"name": "lora-copy", "n": 8},
         {"name": "lora-count", "n": 12},
         {"name": "lora-reverse", "n": 28},
@@ -68,6 +69,7 @@ def test_export_catalog_writes_every_table_as_parquet(demo, tmp_path):
     )
     artifacts = pq.read_table(tmp_path / "pq" / "artifacts.parquet")
     assert sorted(artifacts.column("name").to_pylist()) == [
+        "demo-soup",
         "lora-copy",
         "lora-count",
         "lora-reverse",
@@ -86,6 +88,7 @@ def test_log_shows_ancestors_and_children(demo, graft, tmp_path):
     ]
     children = graft_json(demo, "log", "tiny-llama", "--children")
     assert sorted(e["ref"] for e in children) == [
+        *["demo-soup@1"] * 3,  # a child of the base, of the fine-tune and of the adapter
         "lora-copy@1",
         "lora-count@1",
         "lora-reverse@1",
