@@ -86,7 +86,10 @@ def run(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    _remove_abandoned(out_dir)
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent)
+    )
     os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
     try:
         if plan.merges_adapters:
@@ -119,6 +122,25 @@ def run(
         rank=written.rank,
         truncation_error=written.truncation_error,
     )
+
+
+def _remove_abandoned(out_dir: Path) -> None:
+    """Delete the work folders of earlier merges into `out_dir` whose process is
+    gone (killed before it could clean up)."""
+    for folder in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = folder.name.removeprefix(f".{out_dir.name}.partial-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _check_out_dir(out_dir: Path) -> None:

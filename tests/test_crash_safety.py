@@ -95,9 +95,9 @@ def reset(store: Path, remove: str | None, *, gc: bool) -> None:
 
 
 def kill_after(store: Path, delay: float, *args: str | Path) -> int | None:
-    """Start `graft add ARGS`, SIGKILL it after `delay` s; its exit code if it beat the kill."""
+    """Start `graft ARGS`, SIGKILL it after `delay` s; its exit code if it beat the kill."""
     proc = subprocess.Popen(
-        [str(GRAFT), "add", *map(str, args)],
+        [str(GRAFT), *map(str, args)],
         env=graft_env(store),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -251,7 +251,7 @@ def test_add_killed_at_random_moments(
     expected = calibration.first
     for i, delay in enumerate(kill_moments(rng, expected, 21)):
         blobs_before = len(blob_files(store))
-        finished = kill_after(store, delay, model)
+        finished = kill_after(store, delay, "add", model)
         assert finished in (None, 0)
         rows = assert_sound(store)
         assert len(rows) <= 1, rows
@@ -288,7 +288,7 @@ def test_add_of_second_version_killed(
     v1 = json.loads(graft_ok(store, "add", model, "--name", "m", "--json").stdout)
     rng = random.Random(SEED + 1)
     for i, delay in enumerate(kill_moments(rng, calibration.second, 10)):
-        kill_after(store, delay, model_v2, "--name", "m")
+        kill_after(store, delay, "add", model_v2, "--name", "m")
         rows = assert_sound(store)
         by_version = {r["version"]: r["id"] for r in rows}
         assert by_version.get(1) == v1["id"], rows
@@ -399,3 +399,46 @@ def test_add_killed_at_each_step_then_retried(point: str, tmp_path: Path) -> Non
     graft_ok(store, "gc")
     assert temp_leftovers(store) == 0
     assert assert_sound(store) == after
+
+
+def test_merge_killed_at_random_moments(model: Path, model_v2: Path, tmp_path: Path) -> None:
+    """A merge killed at any moment leaves its output folder absent or complete,
+    the store sound, and the next merge into the same place cleans up after it."""
+    store = tmp_path / "store"
+    graft_ok(store, "add", model, "--name", "a")
+    graft_ok(store, "add", model_v2, "--name", "b")
+    config = tmp_path / "merge.yaml"
+    config.write_text(
+        "merge_method: linear\n"
+        "models:\n"
+        "  - {model: a, parameters: {weight: 0.7}}\n"
+        "  - {model: b, parameters: {weight: 0.3}}\n"
+        "dtype: bfloat16\n"
+    )
+    args = ("merge", config, "--name", "soup", "--out-shard-size", "20MB", "--out")
+    started = time.monotonic()
+    graft_ok(store, *args, tmp_path / "reference")
+    full = time.monotonic() - started
+    expected = sha256_files(tmp_path / "reference")
+    assert len([f for f in expected if f.endswith(".safetensors")]) > 1
+
+    out = tmp_path / "out"
+    rng = random.Random(SEED + 2)
+    # Start-up is a good part of a run this small: most kills go after it.
+    for delay in sorted(
+        [rng.uniform(0.0, 0.3 * full)] + [rng.uniform(0.3, 1.0) * full for _ in range(7)]
+    ):
+        finished = kill_after(store, delay, *args, out)
+        partial = len(list(tmp_path.glob(".out.partial-*")))
+        print(
+            f"kill at {delay:.2f}s of {full:.2f}s: exit {finished}, output {out.exists()}, "
+            f"work folders {partial}"
+        )
+        if out.exists():  # it finished: then it is whole
+            assert sha256_files(out) == expected
+            shutil.rmtree(out)
+        rows = assert_sound(store)
+        assert {r["name"] for r in rows} == {"a", "b", "soup"}  # same content: one artifact
+    graft_ok(store, *args, out)
+    assert sha256_files(out) == expected
+    assert list(tmp_path.glob(".out.partial-*")) == []  # removed: their processes are gone
