@@ -93,7 +93,7 @@ def run(
     os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
     try:
         if plan.merges_adapters:
-            from merge.run_adapters import execute_adapters
+            from merge.run_adapters import execute_adapters  # it imports this module
 
             written = execute_adapters(
                 plan, work, seed, _device(device), rank, on_progress, should_cancel

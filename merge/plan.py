@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from lineage.names import place_of, with_layer
+from merge.adapters import UNSUPPORTED_METHODS, ZeroBase, delta_sources
 from merge.config import InputSpec, MergeConfig, Params, ParamValue, Scalar
 from merge.errors import MergeConfigError, MergeInputError
 from merge.inputs import ModelSource, TensorInfo, is_adapter, open_model
@@ -161,8 +162,6 @@ class _AdapterInputs:
 def _adapter_inputs(config: MergeConfig, opened: dict[str, ModelSource]) -> _AdapterInputs | None:
     """For a merge of adapters: the inputs as dense updates, a zero base for the
     methods that take one, and the real base kept for lineage. None otherwise."""
-    from merge.adapters import UNSUPPORTED_METHODS, ZeroBase, delta_sources
-
     inputs = {ref: s for ref, s in opened.items() if ref != config.base}
     kinds = {ref: is_adapter(s) for ref, s in inputs.items()}
     base = opened.get(config.base) if config.base is not None else None
