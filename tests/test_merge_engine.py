@@ -624,3 +624,26 @@ def test_tensors_read_span_by_span_give_the_same_bytes(
     assert weights(tmp_path / "whole").keys() == weights(tmp_path / "spans").keys()
     for name, tensor in weights(tmp_path / "whole").items():
         assert torch.equal(tensor, weights(tmp_path / "spans")[name]), name
+
+
+def test_cli_shard_size_is_parsed_and_checked(graft: Callable[..., Result], tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(config(merge_method="linear", models=[BASE], parameters={"weight": 1}))
+    )
+    out = graft_json(
+        graft,
+        "merge",
+        path,
+        "--out",
+        tmp_path / "out",
+        "--out-shard-size",
+        "100KB",
+        "--no-register",
+    )
+    assert len(out["files"]) >= 809_000 // 100_000  # 809 kB of fp32 tensors, 100 kB shards
+    assert all(
+        f.stat().st_size < 100_000 + 20_000 for f in (tmp_path / "out").glob("*.safetensors")
+    )
+    bad = graft("merge", path, "--out", tmp_path / "x", "--out-shard-size", "lots", code=2)
+    assert "'lots' is not a size like 500MB or 2GB" in bad.stderr
