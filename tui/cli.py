@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import lineage
 import registry
 from registry import ExitCode, GraftError, Store
 from tui import lineage_views, render
-from tui.demo import run_demo
+from tui.demo import populate, run_demo
 
 
 class GraftGroup(click.Group):
@@ -634,6 +635,27 @@ def reindex(ctx: click.Context, as_json: bool) -> None:
 def demo(store: Store, samples: Path | None) -> None:
     """Register the bundled samples, list them, show a fine-tune's lineage and what it touched."""
     run_demo(store, samples)
+
+
+@cli.command("tui")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Browse a temporary store filled with the bundled samples (deleted on exit).",
+)
+@click.pass_context
+def tui_(ctx: click.Context, demo: bool) -> None:
+    """Browse artifacts, their lineage and the layers each one touched, in a terminal UI."""
+    from tui.app import GraftApp  # only this command needs textual
+
+    if not demo:
+        GraftApp(ctx.obj["store"]).run()
+        return
+    with tempfile.TemporaryDirectory(prefix="graft-demo-") as scratch:
+        store = Store.open(Path(scratch) / "store")
+        render.err.print("graft: filling a demo store with the bundled samples…", markup=False)
+        populate(store)
+        GraftApp(store.root).run()
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,6 +52,14 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
     _merge(store)
 
 
+def populate(store: Store, samples: Path | None = None) -> None:
+    """Register the samples and the demo merge, printing nothing (for `graft tui --demo`)."""
+    samples = samples or SAMPLES
+    for folder, parent, method in PLAN:
+        lineage.register(samples / folder, store=store, name=folder, parent=parent, method=method)
+    _merge_soup(store)
+
+
 # A TIES merge of the fine-tune with a LoRA folded into the base.
 MERGE_CONFIG = {
     "merge_method": "ties",
@@ -63,13 +72,18 @@ MERGE_CONFIG = {
 }
 
 
-def _merge(store: Store) -> None:
+def _merge_soup(store: Store) -> Any:
+    """Run the demo merge (registered as demo-soup) and return merge_models' outcome."""
     from merge import merge_models, parse_config
 
+    with tempfile.TemporaryDirectory() as scratch:
+        return merge_models(parse_config(MERGE_CONFIG), Path(scratch) / "demo-soup", store=store)
+
+
+def _merge(store: Store) -> None:
     render.out.print("\n[bold]$ graft merge demo-soup.yaml --out demo-soup[/]")
     render.out.print(yaml.safe_dump(MERGE_CONFIG, sort_keys=False).strip(), markup=False)
-    with tempfile.TemporaryDirectory() as scratch:
-        out = merge_models(parse_config(MERGE_CONFIG), Path(scratch) / "demo-soup", store=store)
+    out = _merge_soup(store)
     assert out.manifest is not None
     r = out.result
     render.out.print(

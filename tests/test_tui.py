@@ -1,0 +1,212 @@
+"""The Textual app through Pilot, on one demo-populated store for the module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import registry
+from registry import Store, StoreError, list_artifacts
+from tui.app import GraftApp
+from tui.cli import cli
+from tui.demo import populate
+from tui.widgets import ArtifactTree, LayerHeatmap, Overview, TensorTable
+
+SIZE = (100, 30)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    path = tmp_path_factory.mktemp("tui") / "store"
+    populate(Store.open(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture
+def store_path(demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("GRAFT_STORE", str(demo_store))
+    return demo_store
+
+
+async def _loaded(app: GraftApp, pilot) -> ArtifactTree:  # type: ignore[no-untyped-def]
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    return app.query_one(ArtifactTree)
+
+
+async def _select(app: GraftApp, pilot, ref: str) -> None:  # type: ignore[no-untyped-def]
+    assert app.query_one(ArtifactTree).select_ref(ref)
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    assert app.shown == ref
+
+
+async def test_tree_hangs_artifacts_under_their_parents(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        shape = tree.structure()
+        assert shape[""] == ["tiny-llama@1"]
+        assert set(shape["tiny-llama@1"]) == {
+            "lora-copy@1",
+            "lora-reverse@1",
+            "lora-count@1",
+            "tiny-llama-sft@1",
+            "demo-soup@1",  # under its base, the other parents named in its label
+        }
+        soup = next(
+            n for n in tree.tree_view.root.children[0].children if n.data.ref == "demo-soup@1"
+        )
+        assert "also from: lora-copy@1, tiny-llama-sft@1" in str(soup.label)
+
+
+async def test_slash_filters_and_keeps_ancestors(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        await pilot.press("slash")
+        assert tree.filter_input.has_focus
+        await pilot.press(*"LoRA")
+        await pilot.pause()
+        assert tree.structure() == {
+            "": ["tiny-llama@1"],
+            "tiny-llama@1": ["lora-copy@1", "lora-reverse@1", "lora-count@1"],
+            "lora-copy@1": [],
+            "lora-reverse@1": [],
+            "lora-count@1": [],
+        }
+        await pilot.press("escape")
+        await pilot.pause()
+        assert len(tree.structure()["tiny-llama@1"]) == 5
+
+
+async def test_fine_tune_details(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        await _select(app, pilot, "tiny-llama-sft@1")
+        overview = app.query_one(Overview)
+        assert overview.fields["kind"] == "model" and overview.fields["method"] == "sft"
+        assert overview.fields["parents"] == "tiny-llama@1 (finetune)"
+        assert overview.fields["shared"] == "21 of 39 tensors (492.8 kB) with tiny-llama@1"
+
+        grid = app.query_one(LayerHeatmap).grid
+        assert grid.changed_layers() == [2, 3]
+        assert set(grid.layers) >= {0, 1, 2, 3}
+        cells = {row[0]: row[1:] for row in grid.cells()}
+        assert all(c == "·" for c in cells["0"] + cells["1"])
+        assert all(c != "·" for c in cells["2"] + cells["3"])
+
+        table = app.query_one(TensorTable)
+        assert table.row_count == 39
+        assert sum(table.changed) == 18
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert any("Refresh" in n.message for n in app._notifications)
+
+
+async def test_refresh_keeps_selection_and_fits_80x24(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _loaded(app, pilot)
+        await _select(app, pilot, "demo-soup@1")
+        await pilot.press("r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.shown == "demo-soup@1"
+        assert app.query_one(TensorTable).row_count == 39
+        # A changed list rebuilds the tree; the cursor stays on the same artifact.
+        panel = app.query_one(ArtifactTree)
+        panel.show_rows(list(reversed(panel.rows)), {"demo-soup@1": "tiny-llama@1"})
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert panel.current is not None and panel.current.ref == "demo-soup@1"
+        assert app.shown == "demo-soup@1"
+
+
+async def test_every_artifact_opens_without_errors(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        for row in tree.rows:
+            await _select(app, pilot, row.ref)
+            assert app.query_one(TensorTable).row_count == row.n_tensors
+        assert app.query_one(LayerHeatmap).grid.changed_layers()  # demo-soup changed some
+        assert not [n for n in app._notifications if n.severity == "error"]
+
+
+async def test_a_failing_read_becomes_an_error_notification(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(store: Store, ref: str) -> None:
+        raise StoreError(f"cannot read {ref}", "run `graft verify`")
+
+    monkeypatch.setattr(registry, "show", broken)
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        errors = [n.message for n in app._notifications if n.severity == "error"]
+        assert errors and "cannot read tiny-llama@1" in errors[0]
+        assert app.is_running  # the app stays up
+
+
+async def test_polling_leaves_an_unchanged_tree_alone(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        first = tree.tree_view.root.children[0]
+        app.load_artifacts()  # what the 5 s timer does
+        await _loaded(app, pilot)
+        assert tree.tree_view.root.children[0] is first
+
+
+async def test_an_empty_store_says_what_to_do(tmp_path: Path) -> None:
+    app = GraftApp(tmp_path / "empty", poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        assert tree.structure() == {"": []}
+        assert "graft add" in str(app.query_one(Overview).render())
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+def test_cli_help(anyio_backend: str) -> None:
+    result = CliRunner().invoke(cli, ["tui", "--help"])
+    assert result.exit_code == 0
+    assert "--demo" in result.output
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+def test_cli_demo_uses_a_temporary_store(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[tuple[Path, int]] = []
+
+    def fake_run(app: GraftApp) -> None:
+        assert app.store_path is not None
+        seen.append((app.store_path, len(list_artifacts(Store.open(app.store_path)))))
+
+    monkeypatch.setenv("GRAFT_STORE", str(tmp_path / "mine"))
+    monkeypatch.setattr(GraftApp, "run", fake_run)
+    result = CliRunner().invoke(cli, ["tui", "--demo"])
+    assert result.exit_code == 0, result.output
+    [(path, count)] = seen
+    assert count == 6
+    assert not path.exists()  # removed on exit
+    assert not (tmp_path / "mine").exists()  # the user's store is left alone

@@ -1,0 +1,188 @@
+"""`graft tui`: browse artifacts, their lineage and the layers each one touched.
+
+Workers read the catalog (each read takes a short-lived connection) and post
+messages; the handlers here are the only code that changes widgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+import lineage
+import registry
+from registry import ArtifactDetail, ArtifactRow, Store
+from tui.widgets import ArtifactTree, LayerHeatmap, Overview, TensorTable
+
+REFRESH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Everything the detail tabs show for one artifact."""
+
+    row: ArtifactRow
+    detail: ArtifactDetail
+    touches: list[lineage.Touch]
+    layers: list[int]
+
+
+class GraftApp(App[None]):
+    """Artifacts on the left; overview, touched layers and tensors of the selected one."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "graft"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("escape", "clear_filter", "Clear filter", key_display="esc"),
+        Binding("r", "refresh", "Refresh"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    class ArtifactsLoaded(Message):
+        def __init__(self, rows: list[ArtifactRow], bases: dict[str, str]) -> None:
+            super().__init__()
+            self.rows = rows
+            self.bases = bases
+
+    class DetailLoaded(Message):
+        def __init__(self, loaded: Loaded) -> None:
+            super().__init__()
+            self.loaded = loaded
+
+    def __init__(self, store_path: Path | None = None, *, poll: bool = True) -> None:
+        super().__init__()
+        self.store_path = store_path
+        self.poll = poll
+        self.rows: list[ArtifactRow] | None = None
+        self.shown: str | None = None  # ref of the artifact in the tabs
+        self._store: Store | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            yield ArtifactTree(id="artifacts")
+            with TabbedContent(id="tabs"):
+                with TabPane("Overview", id="overview-tab"), VerticalScroll():
+                    yield Overview(id="overview")
+                with TabPane("Layers", id="layers-tab"), VerticalScroll():
+                    yield LayerHeatmap(id="heatmap")
+                with TabPane("Tensors", id="tensors-tab"):
+                    yield TensorTable(id="tensors")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ArtifactTree).tree_view.focus()
+        self.load_artifacts()
+        if self.poll:
+            self.set_interval(REFRESH_SECONDS, self.load_artifacts)
+
+    # Workers: they read, never touch widgets, and post what they found.
+
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.store_path)
+        return self._store
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="artifacts")
+    def load_artifacts(self) -> None:
+        store = self.store()
+        rows = registry.list_artifacts(store)
+        ids = {r.id: r.ref for r in rows}
+        bases: dict[str, str] = {}
+        for r in rows:
+            if len(r.parents) > 1:  # a merge: hang it under the parent it was based on
+                for p in store.load_manifest(r.id).parents:
+                    if p.params.get("role") == "base" and p.id in ids:
+                        bases[r.ref] = ids[p.id]
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.ArtifactsLoaded(rows, bases))
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="detail")
+    def load_detail(self, row: ArtifactRow) -> None:
+        store = self.store()
+        detail = registry.show(store, row.ref)
+        touches = lineage.touched(store, row.ref)
+        layers = lineage.layers_of(store, row.ref)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.DetailLoaded(Loaded(row, detail, touches, layers)))
+
+    # Handlers: the only place widgets change.
+
+    def on_graft_app_artifacts_loaded(self, message: ArtifactsLoaded) -> None:
+        if message.rows == self.rows:
+            return
+        self.rows = message.rows
+        self.query_one(ArtifactTree).show_rows(message.rows, message.bases)
+        self.sub_title = f"{len(message.rows)} artifacts"
+        if not message.rows:
+            self.query_one(Overview).update(
+                "No artifacts in this store yet: register one with `graft add PATH`, "
+                "or try `graft tui --demo`."
+            )
+
+    def on_graft_app_detail_loaded(self, message: DetailLoaded) -> None:
+        loaded = message.loaded
+        current = self.query_one(ArtifactTree).current
+        if current is None or current.ref != loaded.row.ref:
+            return  # the cursor moved on while it loaded
+        self.shown = loaded.row.ref
+        self.query_one(Overview).show(loaded.detail, loaded.touches)
+        parents = ", ".join(loaded.row.parents) or "no parent"
+        caption = f"{loaded.row.ref} vs {parents}: largest rel. change per module (· untouched)"
+        self.query_one(LayerHeatmap).show(loaded.touches, loaded.layers, caption)
+        self.query_one(TensorTable).show(loaded.detail.manifest, loaded.touches)
+
+    @on(ArtifactTree.Selected)
+    def _selected(self, message: ArtifactTree.Selected) -> None:
+        self.load_detail(message.row)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.notify(str(event.worker.error), title="graft: error", severity="error")
+
+    # Actions.
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "clear_filter":  # dimmed while there is no filter to clear
+            trees = self.query(ArtifactTree)
+            return True if trees and trees.first().filter_input.value else None
+        return True
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self.refresh_bindings()
+
+    def action_filter(self) -> None:
+        self.query_one(ArtifactTree).filter_input.focus()
+
+    def action_clear_filter(self) -> None:
+        tree = self.query_one(ArtifactTree)
+        tree.filter_input.value = ""
+        tree.tree_view.focus()
+
+    def action_refresh(self) -> None:
+        self.load_artifacts()
+        if self.shown is not None:
+            for row in self.query_one(ArtifactTree).rows:
+                if row.ref == self.shown:
+                    self.load_detail(row)
+
+    def action_help(self) -> None:
+        lines = [
+            f"{b.key_display or b.key}: {b.description}"
+            for b in self.BINDINGS
+            if isinstance(b, Binding)
+        ]
+        lines += ["↑/↓: move in the tree", "tab: next panel"]
+        self.notify("\n".join(lines), title="graft tui keys", timeout=10)

@@ -1,0 +1,111 @@
+"""The Layers tab: layers × modules, each cell the largest relative change against the parent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from lineage import Touch
+from tui.lineage_views import BLOCK_ORDER
+
+UNTOUCHED = "·"
+
+
+@dataclass(frozen=True)
+class HeatGrid:
+    """Which (layer, block, module) cells changed; a value of None means changed
+    without a relative change (added or reshaped)."""
+
+    layers: list[int | None] = field(default_factory=list)
+    columns: list[tuple[str, str]] = field(default_factory=list)  # (block, module)
+    values: dict[tuple[int | None, str, str], float | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, touches: Iterable[Touch], layers: Iterable[int | None] = ()) -> HeatGrid:
+        values: dict[tuple[int | None, str, str], float | None] = {}
+        for t in touches:
+            key = (t.layer, t.block, t.module)
+            old = values.get(key)
+            values[key] = t.rel_change if old is None else max(old, t.rel_change or 0.0)
+        columns = sorted(
+            {(b, m) for _, b, m in values},
+            key=lambda c: (
+                BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER),
+                c[1],
+            ),
+        )
+        all_layers = sorted(
+            {layer for layer, _, _ in values} | set(layers), key=lambda x: (x is not None, x or 0)
+        )
+        return cls(all_layers, columns, values)
+
+    def changed(self, layer: int | None, block: str, module: str) -> bool:
+        return (layer, block, module) in self.values
+
+    def changed_layers(self) -> list[int | None]:
+        return [x for x in self.layers if any(self.changed(x, b, m) for b, m in self.columns)]
+
+    def cells(self) -> list[list[str]]:
+        """One row per layer: the layer, then each module's change or "·" when untouched."""
+        rows = []
+        for layer in self.layers:
+            row = ["—" if layer is None else str(layer)]
+            for block, module in self.columns:
+                key = (layer, block, module)
+                if key not in self.values:
+                    row.append(UNTOUCHED)
+                else:
+                    value = self.values[key]
+                    row.append("new shape" if value is None else format(value, ".2g"))
+            rows.append(row)
+        return rows
+
+
+class LayerHeatmap(Static):
+    """Renders a `HeatGrid` with the theme's colours: hotter for bigger changes."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("select an artifact", id=id)
+        self.grid = HeatGrid()
+        self.caption = ""
+
+    def show(self, touches: Sequence[Touch], layers: Iterable[int | None], caption: str) -> None:
+        self.grid = HeatGrid.of(touches, layers)
+        self.caption = caption
+        self.update(self._render_grid())
+
+    def _style(self, value: float | None) -> str:
+        v = self.app.get_css_variables()
+        if value is None:
+            return v.get("accent", "magenta")
+        if value < 1e-3:
+            return v.get("primary", "blue")
+        if value < 1e-2:
+            return v.get("success", "green")
+        if value < 1e-1:
+            return v.get("warning", "yellow")
+        return "bold " + v.get("error", "red")
+
+    def _render_grid(self) -> Table | Text:
+        g = self.grid
+        if not g.values:
+            return Text(f"{self.caption}\n\nno recorded changes against a parent", style="dim")
+        table = Table(
+            title=self.caption, title_justify="left", box=None, header_style="bold", pad_edge=False
+        )
+        table.add_column("LAYER", justify="right")
+        for _, module in g.columns:
+            table.add_column(module, justify="center")
+        for layer, row in zip(g.layers, g.cells(), strict=True):
+            out: list[Text] = [Text(row[0])]
+            for (block, module), cell in zip(g.columns, row[1:], strict=True):
+                if cell == UNTOUCHED:
+                    out.append(Text(cell, style="dim"))
+                else:
+                    out.append(Text(cell, style=self._style(g.values[(layer, block, module)])))
+            table.add_row(*out)
+        return table

@@ -1,0 +1,53 @@
+"""The Overview tab: what `graft show` says about the artifact, in brief."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group
+from rich.filesize import decimal as human_size
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from lineage import Touch
+from registry import ArtifactDetail
+
+
+class Overview(Static):
+    """Kind, method, id, size, dates, parents, children and shared tensors."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("select an artifact", id=id)
+        self.fields: dict[str, str] = {}
+
+    def show(self, detail: ArtifactDetail, touches: Sequence[Touch]) -> None:
+        m = detail.manifest
+        parents = [s for s in detail.ancestors if s.depth == 1]
+        fields = {
+            "artifact": m.ref,
+            "kind": m.kind,
+            "method": m.method or "-",
+            "id": m.id,
+            "size": f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors",
+            "created": m.created_at,
+            "source": m.source or "-",
+            "parents": ", ".join(f"{p.ref} ({p.relation})" for p in parents) or "none",
+            "children": ", ".join(detail.children) or "none",
+        }
+        if detail.shared:
+            fields["shared"] = "\n".join(
+                f"{s.tensors} of {len(m.tensors)} tensors ({human_size(s.nbytes)}) with {s.parent}"
+                for s in detail.shared
+            )
+        if parents:
+            fields["changed"] = f"{len({t.tensor for t in touches})} tensors against the parent"
+        for key, value in m.meta.items():
+            fields[f"meta {key}"] = value
+        self.fields = fields
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in fields.items():
+            table.add_row(key, Text(value))
+        self.update(Group(table))
