@@ -475,7 +475,7 @@ def build_catalog(store: Store, lin: Lineage, names: list[TensorName]) -> None:
         log("tensors done")
         con.execute(
             """
-            INSERT INTO edges
+            INSERT INTO edges (child_id, parent_id, relation, method)
             SELECT md5('graft-bench/' || child), md5('graft-bench/' || parent), relation, method
             FROM plan_edges ORDER BY edge_no
             """

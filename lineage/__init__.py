@@ -5,7 +5,7 @@ Computing deltas needs torch (`lineage.deltas`); importing this package does not
 
 from lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
 from lineage.infer import ParentGuesser, Suggestion, guess_parent
-from lineage.log import LogEntry, log
+from lineage.log import LogEntry, base_parents, log
 from lineage.names import AdapterKey, Place, adapter_key, place_of
 from lineage.record import ensure_deltas, recompute
 from lineage.register import register
@@ -35,6 +35,7 @@ __all__ = [
     "Touch",
     "TouchCell",
     "adapter_key",
+    "base_parents",
     "diff",
     "ensure_deltas",
     "export_catalog",

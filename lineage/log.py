@@ -51,3 +51,14 @@ def log(store: Store, ref: str, *, children: bool = False) -> tuple[str, list[Lo
         LogEntry(depth, id_, ref_, kind, relation, method, via, json.loads(params or "{}"))
         for depth, id_, ref_, kind, relation, method, via, params in rows
     ]
+
+
+def base_parents(store: Store) -> dict[str, str]:
+    """For every merge made onto a base: its id → the base's id (the edge whose
+    params say role "base")."""
+    with store.catalog.reading() as con:
+        rows = con.execute(
+            "SELECT child_id, parent_id FROM edges "
+            "WHERE json_extract_string(params, '$.role') = 'base'"
+        ).fetchall()
+    return {str(child): str(parent) for child, parent in rows}

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from textual.widgets import Static, TabbedContent
 
 import registry
 from registry import Store, StoreError, list_artifacts
 from tui.app import GraftApp
 from tui.cli import cli
 from tui.demo import populate
-from tui.widgets import ArtifactTree, LayerHeatmap, Overview, TensorTable
+from tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
 
 SIZE = (100, 30)
 pytestmark = pytest.mark.anyio
@@ -137,6 +138,53 @@ async def test_refresh_keeps_selection_and_fits_80x24(store_path: Path) -> None:
         await pilot.pause()
         assert panel.current is not None and panel.current.ref == "demo-soup@1"
         assert app.shown == "demo-soup@1"
+
+
+async def _choose_method(app: GraftApp, pilot, method: str) -> MethodsView:  # type: ignore[no-untyped-def]
+    view = app.query_one(MethodsView)
+    options = view.option_list
+    assert options.has_focus
+    for _ in range(options.option_count):
+        if options.highlighted_option is not None and options.highlighted_option.id == method:
+            break
+        await pilot.press("down")
+    await pilot.press("enter")
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    assert view.touches is not None and view.touches.method == method
+    return view
+
+
+async def test_m_shows_what_every_artifact_of_a_method_touched(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _loaded(app, pilot)
+        await pilot.press("m")
+        await pilot.pause()
+        assert app.query_one("#tabs", TabbedContent).active == "methods-tab"
+        view = app.query_one(MethodsView)
+        assert [o.id for o in view.option_list.options] == ["lora", "sft", "ties"]
+
+        view = await _choose_method(app, pilot, "lora")
+        assert view.touches is not None
+        assert view.touches.artifacts == ["lora-copy@1", "lora-reverse@1", "lora-count@1"]
+        shown = str(view.query_one("#method-artifacts", Static).render())
+        assert "lora-copy@1, lora-reverse@1, lora-count@1" in shown
+        counts = view.counts()
+        assert counts[(0, "q_proj")] == counts[(0, "v_proj")] == 2  # lora-copy, lora-reverse
+        assert counts[(0, "gate_proj")] == 2  # lora-reverse, lora-count
+        assert counts[(0, "k_proj")] == 1
+
+        view = await _choose_method(app, pilot, "sft")
+        assert view.touches is not None and view.touches.artifacts == ["tiny-llama-sft@1"]
+        assert view.changed_layers() == [2, 3]
+        assert set(view.counts().values()) == {1}
+        await pilot.press("r")  # a refresh reloads the chosen method
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert view.method == "sft" and view.changed_layers() == [2, 3]
+        assert not [n for n in app._notifications if n.severity == "error"]
 
 
 async def test_every_artifact_opens_without_errors(store_path: Path) -> None:

@@ -21,7 +21,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 import lineage
 import registry
 from registry import ArtifactDetail, ArtifactRow, Store
-from tui.widgets import ArtifactTree, LayerHeatmap, Overview, TensorTable
+from tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
 
 REFRESH_SECONDS = 5.0
 
@@ -37,7 +37,8 @@ class Loaded:
 
 
 class GraftApp(App[None]):
-    """Artifacts on the left; overview, touched layers and tensors of the selected one."""
+    """Artifacts on the left; overview, touched layers and tensors of the selected one,
+    and what every artifact of a method touched."""
 
     CSS_PATH = "app.tcss"
     TITLE = "graft"
@@ -45,6 +46,7 @@ class GraftApp(App[None]):
         Binding("q", "quit", "Quit"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Clear filter", key_display="esc"),
+        Binding("m", "methods", "Methods"),
         Binding("r", "refresh", "Refresh"),
         Binding("question_mark", "help", "Help", key_display="?"),
     ]
@@ -59,6 +61,11 @@ class GraftApp(App[None]):
         def __init__(self, loaded: Loaded) -> None:
             super().__init__()
             self.loaded = loaded
+
+    class MethodLoaded(Message):
+        def __init__(self, touches: lineage.MethodTouches) -> None:
+            super().__init__()
+            self.touches = touches
 
     def __init__(self, store_path: Path | None = None, *, poll: bool = True) -> None:
         super().__init__()
@@ -79,6 +86,8 @@ class GraftApp(App[None]):
                     yield LayerHeatmap(id="heatmap")
                 with TabPane("Tensors", id="tensors-tab"):
                     yield TensorTable(id="tensors")
+                with TabPane("Methods", id="methods-tab"):
+                    yield MethodsView(id="methods")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -98,13 +107,13 @@ class GraftApp(App[None]):
     def load_artifacts(self) -> None:
         store = self.store()
         rows = registry.list_artifacts(store)
-        ids = {r.id: r.ref for r in rows}
-        bases: dict[str, str] = {}
-        for r in rows:
-            if len(r.parents) > 1:  # a merge: hang it under the parent it was based on
-                for p in store.load_manifest(r.id).parents:
-                    if p.params.get("role") == "base" and p.id in ids:
-                        bases[r.ref] = ids[p.id]
+        refs = {r.id: r.ref for r in rows}
+        # A merge hangs under the parent it was based on.
+        bases = {
+            refs[child]: refs[parent]
+            for child, parent in lineage.base_parents(store).items()
+            if child in refs and parent in refs
+        }
         if not get_current_worker().is_cancelled:
             self.post_message(self.ArtifactsLoaded(rows, bases))
 
@@ -117,6 +126,12 @@ class GraftApp(App[None]):
         if not get_current_worker().is_cancelled:
             self.post_message(self.DetailLoaded(Loaded(row, detail, touches, layers)))
 
+    @work(thread=True, exit_on_error=False, exclusive=True, group="method")
+    def load_method(self, method: str) -> None:
+        touches = lineage.touched_by_method(self.store(), method)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.MethodLoaded(touches))
+
     # Handlers: the only place widgets change.
 
     def on_graft_app_artifacts_loaded(self, message: ArtifactsLoaded) -> None:
@@ -125,6 +140,7 @@ class GraftApp(App[None]):
         self.rows = message.rows
         self.query_one(ArtifactTree).show_rows(message.rows, message.bases)
         self.sub_title = f"{len(message.rows)} artifacts"
+        self.query_one(MethodsView).show_methods(r.method for r in message.rows)
         if not message.rows:
             self.query_one(Overview).update(
                 "No artifacts in this store yet: register one with `graft add PATH`, "
@@ -142,6 +158,15 @@ class GraftApp(App[None]):
         caption = f"{loaded.row.ref} vs {parents}: largest rel. change per module (· untouched)"
         self.query_one(LayerHeatmap).show(loaded.touches, loaded.layers, caption)
         self.query_one(TensorTable).show(loaded.detail.manifest, loaded.touches)
+
+    def on_graft_app_method_loaded(self, message: MethodLoaded) -> None:
+        view = self.query_one(MethodsView)
+        if view.method == message.touches.method:  # else another method was chosen meanwhile
+            view.show(message.touches)
+
+    @on(MethodsView.Chosen)
+    def _method_chosen(self, message: MethodsView.Chosen) -> None:
+        self.load_method(message.method)
 
     @on(ArtifactTree.Selected)
     def _selected(self, message: ArtifactTree.Selected) -> None:
@@ -171,8 +196,15 @@ class GraftApp(App[None]):
         tree.filter_input.value = ""
         tree.tree_view.focus()
 
+    def action_methods(self) -> None:
+        self.query_one(TabbedContent).active = "methods-tab"
+        self.query_one(MethodsView).option_list.focus()
+
     def action_refresh(self) -> None:
         self.load_artifacts()
+        method = self.query_one(MethodsView).method
+        if method is not None:
+            self.load_method(method)
         if self.shown is not None:
             for row in self.query_one(ArtifactTree).rows:
                 if row.ref == self.shown:

@@ -2,7 +2,8 @@
 
 from tui.widgets.artifact_tree import ArtifactTree
 from tui.widgets.layer_heatmap import HeatGrid, LayerHeatmap
+from tui.widgets.methods_view import MethodsView
 from tui.widgets.overview import Overview
 from tui.widgets.tensor_table import TensorTable
 
-__all__ = ["ArtifactTree", "HeatGrid", "LayerHeatmap", "Overview", "TensorTable"]
+__all__ = ["ArtifactTree", "HeatGrid", "LayerHeatmap", "MethodsView", "Overview", "TensorTable"]

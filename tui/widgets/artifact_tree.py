@@ -99,25 +99,22 @@ class ArtifactTree(Vertical):
         keep = matching(self.rows, self.parent_of, self.filter_input.value)
         tree.clear()
         nodes: dict[str, TreeNode[ArtifactRow]] = {}
-        pending = [r for r in self.rows if r.ref in keep]
-        # Parents first: add each row once its tree parent is placed.
-        while pending:
-            left = []
-            for r in pending:
-                main = self.parent_of.get(r.ref)
-                if main is None or main not in keep:
-                    under: TreeNode[ArtifactRow] = tree.root
-                elif main in nodes:
-                    under = nodes[main]
-                else:
-                    left.append(r)
-                    continue
-                nodes[r.ref] = under.add(label(r, main), data=r, expand=True)
-            if len(left) == len(pending):  # a cycle: show the rest at the root
-                for r in left:
-                    nodes[r.ref] = tree.root.add(label(r, None), data=r, expand=True)
-                break
-            pending = left
+        shown = [r for r in self.rows if r.ref in keep]
+        # Each row under its tree parent (None: a root), in row order, placed
+        # parents first by walking down from the roots.
+        children: dict[str | None, list[ArtifactRow]] = {}
+        for r in shown:
+            main = self.parent_of.get(r.ref)
+            children.setdefault(main if main in keep else None, []).append(r)
+        walk: list[tuple[TreeNode[ArtifactRow], str | None]] = [(tree.root, None)]
+        while walk:
+            under, ref = walk.pop()
+            for r in children.get(ref, []):
+                nodes[r.ref] = under.add(label(r, self.parent_of.get(r.ref)), data=r, expand=True)
+                walk.append((nodes[r.ref], r.ref))
+        for r in shown:  # in a cycle, so never reached from a root
+            if r.ref not in nodes:
+                nodes[r.ref] = tree.root.add(label(r, None), data=r, expand=True)
         for node in nodes.values():
             if not node.children:
                 node.allow_expand = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rich.table import Table
@@ -13,6 +13,19 @@ from lineage import Touch
 from tui.lineage_views import BLOCK_ORDER
 
 UNTOUCHED = "·"
+
+
+def heat_style(variables: Mapping[str, str], value: float | None) -> str:
+    """The theme's colour for a relative change (None: added or reshaped): hotter when bigger."""
+    if value is None:
+        return variables.get("accent", "magenta")
+    if value < 1e-3:
+        return variables.get("primary", "blue")
+    if value < 1e-2:
+        return variables.get("success", "green")
+    if value < 1e-1:
+        return variables.get("warning", "yellow")
+    return "bold " + variables.get("error", "red")
 
 
 @dataclass(frozen=True)
@@ -79,16 +92,7 @@ class LayerHeatmap(Static):
         self.update(self._render_grid())
 
     def _style(self, value: float | None) -> str:
-        v = self.app.get_css_variables()
-        if value is None:
-            return v.get("accent", "magenta")
-        if value < 1e-3:
-            return v.get("primary", "blue")
-        if value < 1e-2:
-            return v.get("success", "green")
-        if value < 1e-1:
-            return v.get("warning", "yellow")
-        return "bold " + v.get("error", "red")
+        return heat_style(self.app.get_css_variables(), value)
 
     def _render_grid(self) -> Table | Text:
         g = self.grid

@@ -1,0 +1,125 @@
+"""The Methods tab: pick a method, see the layers × modules its artifacts changed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from lineage import MethodTouches
+from tui.lineage_views import BLOCK_ORDER
+from tui.widgets.layer_heatmap import UNTOUCHED, heat_style
+
+
+class MethodsView(Vertical):
+    """A list of the store's methods over the aggregated grid of the chosen one;
+    posts `Chosen` when the highlight moves to a method."""
+
+    class Chosen(Message):
+        """The user picked a method to aggregate."""
+
+        def __init__(self, method: str) -> None:
+            super().__init__()
+            self.method = method
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.method: str | None = None  # the chosen method, shown or loading
+        self.touches: MethodTouches | None = None  # what the grid shows
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(id="method-list")
+        with VerticalScroll(id="method-scroll"):
+            yield Static("no methods recorded yet", id="method-artifacts")
+            yield Static("", id="method-grid")
+
+    @property
+    def option_list(self) -> OptionList:
+        return self.query_one("#method-list", OptionList)
+
+    def show_methods(self, methods: Iterable[str | None]) -> None:
+        """Offer each distinct recorded method, with how many artifacts it made."""
+        counts = Counter(m for m in methods if m)
+        options = self.option_list
+        options.set_options(
+            Option(Text.assemble((m, "bold"), f"  {n} artifact{'s' * (n != 1)}"), id=m)
+            for m, n in sorted(counts.items())
+        )
+        if self.method is not None and self.method in counts:  # keep the chosen one lit
+            options.highlighted = options.get_option_index(self.method)
+        elif not counts:
+            self.query_one("#method-artifacts", Static).update("no methods recorded yet")
+
+    @on(OptionList.OptionHighlighted, "#method-list")
+    @on(OptionList.OptionSelected, "#method-list")
+    def _picked(self, event: OptionList.OptionHighlighted | OptionList.OptionSelected) -> None:
+        event.stop()
+        method = event.option.id
+        if method is not None and method != self.method:
+            self.method = method
+            self.post_message(self.Chosen(method))
+
+    def show(self, touches: MethodTouches) -> None:
+        self.touches = touches
+        n = len(touches.artifacts)
+        self.query_one("#method-artifacts", Static).update(
+            Text.assemble(
+                (f"{n} artifact{'s' * (n != 1)} by {touches.method}: ", "bold"),
+                ", ".join(touches.artifacts),
+            )
+        )
+        self.query_one("#method-grid", Static).update(self._render_grid())
+
+    def counts(self) -> dict[tuple[int | None, str], int]:
+        """(layer, module) -> how many of the method's artifacts changed it."""
+        if self.touches is None:
+            return {}
+        return {(c.layer, c.module): c.artifacts for c in self.touches.cells}
+
+    def changed_layers(self) -> list[int | None]:
+        """The layers any of the method's artifacts changed, in grid order."""
+        return sorted({layer for layer, _ in self.counts()}, key=lambda x: (x is not None, x or 0))
+
+    def _render_grid(self) -> Table | Text:
+        assert self.touches is not None
+        cells = {(c.layer, c.block, c.module): c for c in self.touches.cells}
+        if not cells:
+            return Text("\nno recorded changes against a parent", style="dim")
+        columns = sorted(
+            {(b, m) for _, b, m in cells},
+            key=lambda c: (
+                BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER),
+                c[1],
+            ),
+        )
+        table = Table(
+            title="changed by n artifacts × mean rel. change (· untouched)",
+            title_justify="left",
+            box=None,
+            header_style="bold",
+            pad_edge=False,
+        )
+        table.add_column("LAYER", justify="right")
+        for _, module in columns:
+            table.add_column(module, justify="center")
+        variables = self.app.get_css_variables()
+        for layer in self.changed_layers():
+            row = [Text("—" if layer is None else str(layer))]
+            for block, module in columns:
+                cell = cells.get((layer, block, module))
+                if cell is None:
+                    row.append(Text(UNTOUCHED, style="dim"))
+                else:
+                    mean = "new" if cell.mean_rel_change is None else f"{cell.mean_rel_change:.2g}"
+                    style = heat_style(variables, cell.mean_rel_change)
+                    row.append(Text(f"{cell.artifacts}×{mean}", style=style))
+            table.add_row(*row)
+        return table
