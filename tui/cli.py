@@ -415,7 +415,7 @@ def merge(
             rank=rank,
             device=device,
             shard_size=_size(out_shard_size),
-            on_progress=lambda p: bar(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total),
+            on_progress=bar,
         )
     _report_merge(outcome, as_json)
 
@@ -457,7 +457,7 @@ def fold(
             name=name,
             device=device,
             shard_size=_size(out_shard_size),
-            on_progress=lambda p: bar(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total),
+            on_progress=bar,
         )
     _report_merge(outcome, as_json)
 

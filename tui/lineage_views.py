@@ -112,15 +112,21 @@ def method_grid(m: MethodTouches) -> Table:
     return _grid(title, cells)
 
 
+def module_columns(keys: Iterable[tuple[int | None, str, str]]) -> list[tuple[str, str]]:
+    """The (block, module) columns of a layers × modules grid over `keys`
+    (layer, block, module): embedding first, then attention, mlp, norm, head."""
+    return sorted(
+        {(b, mod) for _, b, mod in keys},
+        key=lambda c: (BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER), c[1]),
+    )
+
+
 def _grid(
     title: str,
     cells: dict[tuple[int | None, str, str], Text],
     extra_layers: Iterable[int | None] = (),
 ) -> Table:
-    columns = sorted(
-        {(b, mod) for _, b, mod in cells},
-        key=lambda c: (BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER), c[1]),
-    )
+    columns = module_columns(cells)
     layers = sorted(
         {layer for layer, _, _ in cells} | set(extra_layers), key=lambda x: (x is not None, x or 0)
     )

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.filesize import decimal as human_size
@@ -25,6 +25,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from registry import ArtifactDetail, ArtifactRow, Manifest
+
+if TYPE_CHECKING:
+    from merge.executor import MergeProgress  # torch: only for type checking
 
 # Piped output keeps whole lines instead of squeezing tables to 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
@@ -75,9 +78,8 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
 
 @contextlib.contextmanager
-def tensor_progress(description: str) -> Iterator[Callable[[int, int, int, int], None]]:
-    """Tensors done / total and bytes/s on stderr (only when stderr is a terminal);
-    the callback takes (tensors done, tensors total, bytes done, bytes total)."""
+def tensor_progress(description: str) -> Iterator[Callable[[MergeProgress], None]]:
+    """Tensors done / total and bytes/s on stderr (only when stderr is a terminal)."""
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -91,10 +93,10 @@ def tensor_progress(description: str) -> Iterator[Callable[[int, int, int, int],
     task = bar.add_task(description, total=None, rate="")
     started = time.monotonic()
 
-    def update(done: int, total: int, bytes_done: int, bytes_total: int) -> None:
+    def update(p: MergeProgress) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
-        rate = f"{human_size(int(bytes_done / elapsed))}/s"
-        bar.update(task, completed=done, total=total, rate=rate)
+        rate = f"{human_size(int(p.bytes_done / elapsed))}/s"
+        bar.update(task, completed=p.tensors_done, total=p.tensors_total, rate=rate)
 
     with bar:
         yield update

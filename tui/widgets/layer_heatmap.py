@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from lineage import Touch
-from tui.lineage_views import BLOCK_ORDER
+from tui.lineage_views import module_columns
 
 UNTOUCHED = "·"
 
@@ -44,13 +44,7 @@ class HeatGrid:
             key = (t.layer, t.block, t.module)
             old = values.get(key)
             values[key] = t.rel_change if old is None else max(old, t.rel_change or 0.0)
-        columns = sorted(
-            {(b, m) for _, b, m in values},
-            key=lambda c: (
-                BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER),
-                c[1],
-            ),
-        )
+        columns = module_columns(values)
         all_layers = sorted(
             {layer for layer, _, _ in values} | set(layers), key=lambda x: (x is not None, x or 0)
         )

@@ -15,7 +15,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from lineage import MethodTouches
-from tui.lineage_views import BLOCK_ORDER
+from tui.lineage_views import module_columns
 from tui.widgets.layer_heatmap import UNTOUCHED, heat_style
 
 
@@ -93,13 +93,7 @@ class MethodsView(Vertical):
         cells = {(c.layer, c.block, c.module): c for c in self.touches.cells}
         if not cells:
             return Text("\nno recorded changes against a parent", style="dim")
-        columns = sorted(
-            {(b, m) for _, b, m in cells},
-            key=lambda c: (
-                BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER),
-                c[1],
-            ),
-        )
+        columns = module_columns(cells)
         table = Table(
             title="changed by n artifacts × mean rel. change (· untouched)",
             title_justify="left",
