@@ -139,16 +139,7 @@ class LocalModel:
     def load(self, name: str) -> torch.Tensor:
         header, offset, nbytes = self._where[name]
         info = self.tensors[name]
-        data = bytearray(nbytes)  # read straight into the tensor's memory: no second copy
-        fd = os.open(header.path, os.O_RDONLY)
-        try:
-            got = os.preadv(fd, [data], offset) if nbytes else 0
-        finally:
-            os.close(fd)
-        if got != nbytes:
-            raise MergeConfigError(
-                f"{header.path}: ends inside tensor {name}", "the file changed or is truncated"
-            )
+        data = _read_exact(header.path, offset, nbytes, name)
         if not nbytes:
             return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
         return torch.frombuffer(data, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape)
@@ -222,15 +213,24 @@ class FileSpanTensor:
 
     def span(self, span: slice) -> torch.Tensor:
         size = self.dtype.itemsize
-        data = bytearray((span.stop - span.start) * size)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            got = os.preadv(fd, [data], self.offset + span.start * size) if data else 0
-        finally:
-            os.close(fd)
-        if got != len(data):
-            raise MergeConfigError(f"{self.path}: shorter than its header says", "re-save it")
+        count = (span.stop - span.start) * size
+        data = _read_exact(self.path, self.offset + span.start * size, count, "a tensor")
         return torch.frombuffer(data, dtype=self.dtype).to(self.device)
+
+
+def _read_exact(path: Path, offset: int, nbytes: int, what: str) -> bytearray:
+    """`nbytes` at `offset`, read straight into the buffer a tensor will use."""
+    data = bytearray(nbytes)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = os.preadv(fd, [data], offset) if nbytes else 0
+    finally:
+        os.close(fd)
+    if got != nbytes:
+        raise MergeConfigError(
+            f"{path}: ends inside {what}", "the file changed or is truncated; re-save it"
+        )
+    return data
 
 
 def span_tensor(source: ModelSource, name: str, device: torch.device) -> FileSpanTensor | None:
