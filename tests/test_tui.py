@@ -10,11 +10,19 @@ from click.testing import CliRunner
 from textual.widgets import Static, TabbedContent
 
 import registry
-from registry import Store, StoreError, list_artifacts
+from registry import ArtifactRow, Store, StoreError, list_artifacts
 from tui.app import GraftApp
 from tui.cli import cli
 from tui.demo import populate
-from tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
+from tui.widgets import (
+    ArtifactTree,
+    LayerHeatmap,
+    MethodsView,
+    Overview,
+    TensorTable,
+    artifact_tree,
+)
+from tui.widgets.artifact_tree import opened_within
 
 SIZE = (100, 30)
 pytestmark = pytest.mark.anyio
@@ -93,6 +101,45 @@ async def test_slash_filters_and_keeps_ancestors(store_path: Path) -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert len(tree.structure()["tiny-llama@1"]) == 5
+
+
+def test_first_screen_opens_nodes_breadth_first_within_a_budget() -> None:
+    def row(ref: str) -> ArtifactRow:
+        name, version = ref.split("@")
+        return ArtifactRow("id-" + ref, name, int(version), "model", "", 0, 0, None, [])
+
+    children = {
+        None: [row("a@1"), row("b@1")],
+        "a@1": [row("a1@1"), row("a2@1")],
+        "b@1": [row("b1@1"), row("b2@1"), row("b3@1")],
+        "a1@1": [row("a11@1")],
+    }
+    assert opened_within(children, 100) == {"a@1", "b@1", "a1@1"}
+    # 2 roots + a's 2; b's 3 would make 7, so b stays closed and a1's 1 still fits
+    assert opened_within(children, 5) == {"a@1", "a1@1"}
+    assert opened_within(children, 2) == set()
+
+
+async def test_a_large_tree_builds_children_when_opened(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(artifact_tree, "INITIAL_NODES", 3)  # the root, not its 5 children
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        root = tree.tree_view.root.children[0]
+        assert not root.is_expanded and root.allow_expand and not root.children
+        await pilot.press("space")  # opens the node under the cursor
+        await pilot.pause()
+        assert len(tree.structure()["tiny-llama@1"]) == 5
+        await pilot.press("space")
+        await pilot.pause()
+        assert not root.is_expanded
+        tree.show_rows(list(tree.rows), {"demo-soup@1": "tiny-llama@1"})  # closed stays closed
+        await pilot.pause()
+        assert not tree.tree_view.root.children[0].is_expanded
+        await _select(app, pilot, "demo-soup@1")  # opens the path to it
+        assert tree.tree_view.root.children[0].is_expanded
 
 
 async def test_fine_tune_details(store_path: Path) -> None:

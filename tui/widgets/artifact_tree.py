@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 from textual import on
@@ -13,6 +14,9 @@ from textual.widgets import Input, Tree
 from textual.widgets.tree import TreeNode
 
 from registry import ArtifactRow
+
+# Nodes built for the first screen; the rest are built when their parent is opened.
+INITIAL_NODES = 300
 
 
 def main_parents(rows: Sequence[ArtifactRow], bases: Mapping[str, str]) -> dict[str, str | None]:
@@ -46,6 +50,21 @@ def matching(
     return keep
 
 
+def opened_within(children: Mapping[str | None, Sequence[ArtifactRow]], budget: int) -> set[str]:
+    """Refs to open, breadth first from the roots, while the nodes shown stay within `budget`."""
+    shown = len(children.get(None, []))
+    opened: set[str] = set()
+    queue = deque(r.ref for r in children.get(None, []))
+    while queue:
+        ref = queue.popleft()
+        kids = children.get(ref, [])
+        if kids and shown + len(kids) <= budget:
+            opened.add(ref)
+            shown += len(kids)
+            queue.extend(r.ref for r in kids)
+    return opened
+
+
 def label(row: ArtifactRow, main: str | None) -> Text:
     text = Text.assemble((row.name, "bold"), f"@{row.version}  ", (row.kind, "italic"))
     if row.method:
@@ -70,6 +89,9 @@ class ArtifactTree(Vertical):
         super().__init__(id=id)
         self.rows: list[ArtifactRow] = []
         self.parent_of: dict[str, str | None] = {}
+        self._children: dict[str | None, list[ArtifactRow]] = {}
+        self._open: set[str] = set()  # refs whose children are shown
+        self._user_open: set[str] = set()  # ... of those, the ones opened by hand
         self._announced: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -97,35 +119,54 @@ class ArtifactTree(Vertical):
         tree = self.tree_view
         current = self.current
         keep = matching(self.rows, self.parent_of, self.filter_input.value)
+        # Each shown row under its tree parent (None: the roots), in row order.
+        self._children = {}
+        for r in self.rows:
+            if r.ref in keep:
+                main = self.parent_of.get(r.ref)
+                self._children.setdefault(main if main in keep else None, []).append(r)
+        self._open = opened_within(self._children, INITIAL_NODES) | self._user_open
         tree.clear()
-        nodes: dict[str, TreeNode[ArtifactRow]] = {}
-        shown = [r for r in self.rows if r.ref in keep]
-        # Each row under its tree parent (None: a root), in row order, placed
-        # parents first by walking down from the roots.
-        children: dict[str | None, list[ArtifactRow]] = {}
-        for r in shown:
-            main = self.parent_of.get(r.ref)
-            children.setdefault(main if main in keep else None, []).append(r)
-        walk: list[tuple[TreeNode[ArtifactRow], str | None]] = [(tree.root, None)]
-        while walk:
-            under, ref = walk.pop()
-            for r in children.get(ref, []):
-                nodes[r.ref] = under.add(label(r, self.parent_of.get(r.ref)), data=r, expand=True)
-                walk.append((nodes[r.ref], r.ref))
-        for r in shown:  # in a cycle, so never reached from a root
-            if r.ref not in nodes:
-                nodes[r.ref] = tree.root.add(label(r, None), data=r, expand=True)
-        for node in nodes.values():
-            if not node.children:
-                node.allow_expand = False
+        self._fill(tree.root, None)
         # Keep the cursor on the same artifact, else go to the first one shown.
-        tree.get_node_at_line(0)  # lays the new lines out, so that node.line is known
-        target = nodes.get(current.ref) if current is not None else None
-        if target is None and nodes:
-            target = next(iter(nodes.values()))
-        if target is not None:
-            tree.move_cursor(target)
-            self._announce(target)
+        if current is None or not self.select_ref(current.ref):
+            first = tree.get_node_at_line(0)
+            if first is not None:
+                tree.move_cursor(first)
+                self._announce(first)
+
+    def _fill(self, node: TreeNode[ArtifactRow], ref: str | None) -> None:
+        """Add the children of `ref` under `node`, and theirs where they are open.
+
+        Children of a closed node are added when it is first expanded, so a catalog
+        of any size costs only the nodes on screen.
+        """
+        for row in self._children.get(ref, []):
+            has_children = row.ref in self._children
+            child = node.add(
+                label(row, self.parent_of.get(row.ref)),
+                data=row,
+                expand=has_children and row.ref in self._open,
+                allow_expand=has_children,
+            )
+            if child.is_expanded:
+                self._fill(child, row.ref)
+
+    @on(Tree.NodeExpanded)
+    def _expanded(self, event: Tree.NodeExpanded[ArtifactRow]) -> None:
+        event.stop()
+        row = event.node.data
+        if row is None:
+            return
+        self._user_open.add(row.ref)
+        if not event.node.children:
+            self._fill(event.node, row.ref)
+
+    @on(Tree.NodeCollapsed)
+    def _collapsed(self, event: Tree.NodeCollapsed[ArtifactRow]) -> None:
+        event.stop()
+        if event.node.data is not None:
+            self._user_open.discard(event.node.data.ref)
 
     def structure(self) -> dict[str, list[str]]:
         """Shown refs under each shown node ("" for the roots), for tests and scripts."""
@@ -141,12 +182,28 @@ class ArtifactTree(Vertical):
         return out
 
     def select_ref(self, ref: str) -> bool:
-        """Move the cursor to `ref`; False when it is not shown."""
-        for node in _walk(self.tree_view.root.children):
-            if node.data is not None and node.data.ref == ref:
-                self.tree_view.move_cursor(node)
-                return True
-        return False
+        """Move the cursor to `ref`, opening its ancestors; False when it is not shown."""
+        path: list[str] = []
+        at: str | None = ref
+        while at is not None and at not in path:
+            path.append(at)
+            at = self.parent_of.get(at)
+        node: TreeNode[ArtifactRow] = self.tree_view.root
+        for step in reversed(path):
+            found = next((c for c in node.children if c.data and c.data.ref == step), None)
+            if found is None:
+                return False
+            if step != ref and not found.is_expanded:
+                self._open.add(step)
+                self._user_open.add(step)
+                if not found.children:
+                    self._fill(found, step)
+                found.expand()
+            node = found
+        self.tree_view.get_node_at_line(0)  # lays out the new lines, so that node.line is known
+        self.tree_view.move_cursor(node)
+        self._announce(node)
+        return True
 
     @property
     def current(self) -> ArtifactRow | None:
@@ -173,9 +230,3 @@ class ArtifactTree(Vertical):
         if node.data is not None and node.data.ref != self._announced:
             self._announced = node.data.ref
             self.post_message(self.Selected(node.data))
-
-
-def _walk(nodes: Iterable[TreeNode[ArtifactRow]]) -> Iterable[TreeNode[ArtifactRow]]:
-    for node in nodes:
-        yield node
-        yield from _walk(node.children)
