@@ -73,6 +73,7 @@ class GraftApp(App[None]):
         self.poll = poll
         self.rows: list[ArtifactRow] | None = None
         self.shown: str | None = None  # ref of the artifact in the tabs
+        self.pending: str | None = None  # a new artifact to select once it is listed
         self._store: Store | None = None
 
     def compose(self) -> ComposeResult:
@@ -135,17 +136,29 @@ class GraftApp(App[None]):
     # Handlers: the only place widgets change.
 
     def on_graft_app_artifacts_loaded(self, message: ArtifactsLoaded) -> None:
-        if message.rows == self.rows:
-            return
-        self.rows = message.rows
-        self.query_one(ArtifactTree).show_rows(message.rows, message.bases)
-        self.sub_title = f"{len(message.rows)} artifacts"
-        self.query_one(MethodsView).show_methods(r.method for r in message.rows)
-        if not message.rows:
+        tree = self.query_one(ArtifactTree)
+        if message.rows != self.rows:
+            self.rows = message.rows
+            tree.show_rows(message.rows, message.bases)
+            self._update_lists(message.rows)
+        if self.pending is not None and tree.select_ref(self.pending):
+            self.pending = None
+            tree.tree_view.focus()
+
+    def _update_lists(self, rows: list[ArtifactRow]) -> None:
+        self.sub_title = f"{len(rows)} artifacts"
+        self.query_one(MethodsView).show_methods(r.method for r in rows)
+        if not rows:
             self.query_one(Overview).update(
                 "No artifacts in this store yet: register one with `graft add PATH`, "
                 "or try `graft tui --demo`."
             )
+
+    def select_when_listed(self, ref: str) -> None:
+        """Reload the list and put the cursor on `ref` (a new artifact) once it is there."""
+        self.pending = ref
+        self.query_one(ArtifactTree).filter_input.value = ""  # a filter could hide it
+        self.load_artifacts()
 
     def on_graft_app_detail_loaded(self, message: DetailLoaded) -> None:
         loaded = message.loaded
