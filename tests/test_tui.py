@@ -164,7 +164,8 @@ async def test_fine_tune_details(store_path: Path) -> None:
         assert sum(table.changed) == 18
         await pilot.press("question_mark")
         await pilot.pause()
-        assert any("Refresh" in n.message for n in app._notifications)
+        assert type(app.screen).__name__ == "HelpScreen"
+        assert ("r", "Refresh") in app.screen.rows()  # type: ignore[attr-defined]
 
 
 async def test_refresh_keeps_selection_and_fits_80x24(store_path: Path) -> None:

@@ -21,9 +21,12 @@ from textual.worker import Worker, WorkerState, get_current_worker
 import lineage
 import registry
 from registry import ArtifactDetail, ArtifactRow, Store
+from tui.screens.add_dialog import AddDialog
+from tui.screens.help import HelpScreen
 from tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
 
 REFRESH_SECONDS = 5.0
+WARM_UP_SECONDS = 1.0  # after the first screen, not competing with it
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class GraftApp(App[None]):
         Binding("q", "quit", "Quit"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Clear filter", key_display="esc"),
+        Binding("a", "add", "Add"),
+        Binding("b", "build_merge", "Merge"),
         Binding("m", "methods", "Methods"),
         Binding("r", "refresh", "Refresh"),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -96,8 +101,14 @@ class GraftApp(App[None]):
         self.load_artifacts()
         if self.poll:
             self.set_interval(REFRESH_SECONDS, self.load_artifacts)
+        self.set_timer(WARM_UP_SECONDS, self.warm_up_merge_engine)
 
     # Workers: they read, never touch widgets, and post what they found.
+
+    @work(thread=True, exit_on_error=False, group="warm-up")
+    def warm_up_merge_engine(self) -> None:
+        """Import the merge engine (torch: a second or two) before `b` needs it."""
+        import tui.screens.merge_builder  # noqa: F401
 
     def store(self) -> Store:
         if self._store is None:
@@ -223,11 +234,22 @@ class GraftApp(App[None]):
                 if row.ref == self.shown:
                     self.load_detail(row)
 
+    def action_add(self) -> None:
+        rows = self.rows or []
+        dialog = AddDialog(
+            self.store(), refs=[r.ref for r in rows], methods=[r.method for r in rows if r.method]
+        )
+        self.push_screen(dialog, self._added)
+
+    def action_build_merge(self) -> None:
+        from tui.screens.merge_builder import MergeBuilder  # loads torch (warmed up on mount)
+
+        current = self.query_one(ArtifactTree).current
+        self.push_screen(MergeBuilder(self.store(), self.rows or [], current), self._added)
+
+    def _added(self, ref: str | None) -> None:
+        if ref is not None:
+            self.select_when_listed(ref)
+
     def action_help(self) -> None:
-        lines = [
-            f"{b.key_display or b.key}: {b.description}"
-            for b in self.BINDINGS
-            if isinstance(b, Binding)
-        ]
-        lines += ["↑/↓: move in the tree", "tab: next panel"]
-        self.notify("\n".join(lines), title="graft tui keys", timeout=10)
+        self.push_screen(HelpScreen(self.BINDINGS))

@@ -1,0 +1,307 @@
+"""The merge builder through Pilot: compose, check, preview, run, cancel, fail."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from textual.widgets import Button, Input, ProgressBar, Select, SelectionList, Static
+
+import lineage
+from merge import load_config
+from registry import Store, list_artifacts
+from tui.app import GraftApp
+from tui.merge_draft import Draft
+from tui.screens import merge_builder
+from tui.screens.merge_builder import MergeBuilder
+from tui.widgets import ArtifactTree
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
+SIZE = (100, 40)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A store with the base, two LoRA adapters and the fine-tune; outputs go to tmp_path."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "store"
+    store = Store.open(path)
+    lineage.register(SAMPLES / "tiny-llama", store=store, name="tiny-llama")
+    for folder, method in (
+        ("lora-copy", "lora"),
+        ("lora-reverse", "lora"),
+        ("tiny-llama-sft", "sft"),
+    ):
+        lineage.register(
+            SAMPLES / folder, store=store, name=folder, parent="tiny-llama", method=method
+        )
+    return path
+
+
+async def _open_builder(app: GraftApp, pilot: Any, on: str | None = None) -> MergeBuilder:
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    if on is not None:
+        assert app.query_one(ArtifactTree).select_ref(on)
+        await pilot.pause()
+    await pilot.press("b")
+    await pilot.pause()
+    assert isinstance(app.screen, MergeBuilder)
+    return app.screen
+
+
+async def _settle(app: GraftApp, pilot: Any) -> None:
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def _type(pilot: Any, field: Input, text: str) -> None:
+    field.value = text
+    await pilot.pause()
+
+
+def _field(screen: MergeBuilder, key: str) -> Input:
+    return next(f for f in screen.query(Input) if f.name == key)
+
+
+async def _ties_of_two_adapters(screen: MergeBuilder, pilot: Any) -> None:
+    """From the builder opened on lora-copy: add lora-reverse, set the parameters."""
+    inputs: SelectionList[str] = screen.query_one("#inputs", SelectionList)
+    inputs.select("lora-reverse@1")
+    await pilot.pause()
+    await _type(pilot, _field(screen, "lora-copy@1.density"), "0.5")
+    await _type(pilot, _field(screen, "lora-reverse@1.weight"), "0.5")
+    await _type(pilot, _field(screen, "lora-reverse@1.density"), "0.5")
+    await _type(pilot, _field(screen, "name"), "soup")
+
+
+async def test_builds_and_runs_a_ties_merge_of_two_adapters(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[float, float | None]] = []  # the bar's (progress, total) after each message
+    real = MergeBuilder.on_merge_builder_progressed
+
+    def watched(screen: MergeBuilder, message: MergeBuilder.Progressed) -> None:
+        real(screen, message)
+        bar = screen.query_one("#progress", ProgressBar)
+        seen.append((bar.progress, bar.total))
+
+    monkeypatch.setattr(MergeBuilder, "on_merge_builder_progressed", watched)
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        # Opened on an adapter: it is the first input, over its parent as the base.
+        assert screen.base == "tiny-llama@1"
+        assert screen.query_one("#inputs", SelectionList).selected == ["lora-copy@1"]
+        assert screen.method == "ties"
+        await _ties_of_two_adapters(screen, pilot)
+
+        draft = screen.draft()
+        assert draft.problems() == {}
+        assert draft.document() == {
+            "merge_method": "ties",
+            "base_model": "tiny-llama@1",
+            "models": [
+                {"model": "lora-copy@1", "parameters": {"weight": 1, "density": 0.5}},
+                {"model": "lora-reverse@1", "parameters": {"weight": 0.5, "density": 0.5}},
+            ],
+        }
+        assert screen.preview.startswith("# graft merge soup.yaml --out ./soup\n")
+        assert yaml.safe_load(screen.preview) == draft.document()
+        assert not screen.query_one("#run", Button).disabled
+
+        await pilot.press("ctrl+r")
+        await _settle(app, pilot)
+        await _settle(app, pilot)
+        assert app.screen is not screen  # dismissed on success
+        current = app.query_one(ArtifactTree).current
+        assert current is not None and current.ref == "soup@1"  # the new artifact, selected
+
+    total = seen[-1][1]
+    assert seen[-1] == (total, total) and len(seen) > 2  # the bar advanced to the end
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    rows = {r.ref: r for r in list_artifacts(Store.open(store_path))}
+    soup = rows["soup@1"]
+    assert soup.kind == "adapter" and soup.method == "ties"
+    assert set(soup.parents) == {"tiny-llama@1", "lora-copy@1", "lora-reverse@1"}
+    assert (store_path.parent / "soup" / "adapter_model.safetensors").is_file()
+
+
+async def test_an_invalid_parameter_is_shown_inline_and_run_is_disabled(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        density = _field(screen, "lora-reverse@1.density")
+        await _type(pilot, density, "1.5")
+        assert density.has_class("-invalid")
+        assert not _field(screen, "lora-copy@1.density").has_class("-invalid")
+        problems = str(screen.query_one("#problems", Static).render())
+        assert "lora-reverse@1.density: must be in (0, 1]" in problems
+        assert screen.query_one("#run", Button).disabled
+        await pilot.press("ctrl+r")  # refused: nothing runs
+        await _settle(app, pilot)
+        assert app.screen is screen and not screen.running
+        # Not a number, then fixed.
+        await _type(pilot, density, "half")
+        assert "must be a number" in str(screen.query_one("#problems", Static).render())
+        await _type(pilot, density, "0.5")
+        assert not density.has_class("-invalid")
+        assert not screen.query_one("#run", Button).disabled
+    assert len(list_artifacts(Store.open(store_path))) == 4
+
+
+async def test_the_form_follows_the_method_declaration(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
+        screen.query_one("#method", Select).value = "slerp"
+        await pilot.pause()
+        await pilot.pause()
+        # slerp: no per-input fields, a required global t, at most one input besides the base.
+        assert not [f for f in screen.query(Input) if (f.name or "").startswith("tiny-llama-sft")]
+        t = _field(screen, "parameters.t")
+        assert screen.draft().problems()["parameters.t"] == "required"
+        await _type(pilot, t, "0.3")
+        await _type(pilot, _field(screen, "name"), "halfway")
+        assert screen.draft().problems() == {}
+        assert screen.draft().document()["parameters"] == {"t": 0.3}
+        screen.query_one("#inputs", SelectionList).select("lora-copy@1")
+        await pilot.pause()
+        assert "slerp takes exactly 1 input(s), got 2" in screen.draft().problems()["inputs"]
+        # linear takes no base: the base list is off and the base is offered as an input.
+        screen.query_one("#method", Select).value = "linear"
+        await pilot.pause()
+        await pilot.pause()
+        assert screen.query_one("#base", Select).disabled
+        assert "base_model" not in screen.draft().document()
+        offered = [o.value for o in screen.query_one("#inputs", SelectionList)._options]
+        assert "tiny-llama@1" in offered
+
+
+async def test_cancelling_a_running_merge_leaves_nothing(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    real = merge_builder.merge_models
+
+    def held(*args: Any, on_progress: Callable[..., None], **kwargs: Any) -> Any:
+        def progress(p: Any) -> None:
+            on_progress(p)
+            gate.wait(10)  # hold after each tensor until the test has pressed esc
+
+        return real(*args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(merge_builder, "merge_models", held)
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        await pilot.press("ctrl+r")
+        for _ in range(200):
+            await pilot.pause(0.02)
+            if screen.query_one("#progress", ProgressBar).progress > 0:
+                break
+        assert screen.running and screen.query_one("#form").disabled
+        assert screen.query_one("#progress", ProgressBar).progress > 0
+        await pilot.press("escape")  # cancels the merge; does not close the builder
+        gate.set()
+        await _settle(app, pilot)
+        assert app.screen is screen and not screen.running
+        assert "merge cancelled" in str(screen.query_one("#status", Static).render())
+        assert not screen.query_one("#form").disabled
+    assert len(list_artifacts(Store.open(store_path))) == 4
+    assert not [p for p in store_path.parent.iterdir() if "soup" in p.name]
+
+
+async def test_a_failing_merge_is_shown_and_registers_nothing(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        # A full model among adapter inputs cannot be merged.
+        screen.query_one("#inputs", SelectionList).select("tiny-llama-sft@1")
+        await pilot.pause()
+        await _type(pilot, _field(screen, "tiny-llama-sft@1.density"), "0.5")
+        assert screen.draft().problems() == {}
+        await pilot.press("ctrl+r")
+        await _settle(app, pilot)
+        assert app.screen is screen and not screen.running
+        status = str(screen.query_one("#status", Static).render())
+        assert "merge failed" in status and "tiny-llama-sft@1" in status
+        assert not screen.query_one("#run", Button).disabled  # fix and try again
+    assert len(list_artifacts(Store.open(store_path))) == 4
+    assert not (store_path.parent / "soup").exists()
+
+
+async def test_save_writes_the_yaml_that_graft_merge_reads(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        await _type(pilot, _field(screen, "parameters.lambda"), "0.8")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        path_field = app.screen.query_one("#save-path", Input)
+        assert path_field.value == "soup.yaml"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen
+        assert "saved soup.yaml" in str(screen.query_one("#status", Static).render())
+    saved = store_path.parent / "soup.yaml"
+    document = yaml.safe_load(saved.read_text())
+    assert document["parameters"] == {"lambda": 0.8}
+    config = load_config(saved)
+    assert config.method.name == "ties" and config.base == "tiny-llama@1"
+    assert [m.model for m in config.models] == ["lora-copy@1", "lora-reverse@1", "tiny-llama@1"]
+
+
+async def test_escape_closes_the_builder_when_idle(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot)  # on the base: it becomes the base
+        assert screen.base == "tiny-llama@1" and screen.draft().inputs == ()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, MergeBuilder)
+
+
+def test_draft_checks_come_from_the_method_registry(tmp_path: Path) -> None:
+    ok = Draft("dare_ties", "b", ("x",), {"x.weight": "1", "x.density": "0.3"}, name="n")
+    assert ok.problems() == {}
+    missing = Draft("dare_ties", "b", ("x",), {"x.weight": "1"}, name="n")
+    assert missing.problems() == {"x.density": "required"}
+    no_base = Draft("ties", None, ("x",), {"x.weight": "1"}, name="n")
+    assert no_base.problems() == {"base": "ties needs a base model"}
+    della = Draft("della", "b", ("x",), {"x.weight": "1", "x.density": "0.1"}, name="n")
+    assert "density - epsilon > 0" in della.problems()["x.epsilon"]
+    bad = Draft("ties", "b", ("x",), {"x.weight": "1"}, seed="-1", name="a@b")
+    assert set(bad.problems()) == {"seed", "name"}
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "f").write_text("x")
+    taken = Draft("ties", "b", ("x",), {"x.weight": "1"}, name="n", out_dir=str(tmp_path / "taken"))
+    assert "already exists" in taken.problems()["out_dir"]
+    # Defaults are left out of the document; booleans only when they differ.
+    doc = Draft(
+        "ties", "b", ("x",), {"x.weight": "2"}, {"normalize": True, "rescale": True}, name="n"
+    ).document()
+    assert doc == {
+        "merge_method": "ties",
+        "base_model": "b",
+        "models": [{"model": "x", "parameters": {"weight": 2}}],
+        "parameters": {"rescale": True},
+    }

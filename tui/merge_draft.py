@@ -1,0 +1,166 @@
+"""The merge builder's form as data: what was typed, checked field by field, and the
+mergekit-style config it stands for.
+
+The builder screen only renders a `Draft` and calls `problems()` and `document()`;
+the checks themselves come from the method registry (`merge.methods`), so the form,
+the YAML files and `graft merge` accept exactly the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from merge.methods import METHODS, Method, Param
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+# A new input's weight starts at 1 (every method that takes a weight requires one);
+# other required values start empty, so the form asks for them.
+STARTING_VALUES = {"weight": "1"}
+
+
+def input_key(ref: str, param: str) -> str:
+    """The field key of one input's parameter, as used in `Draft.problems()`."""
+    return f"{ref}.{param}"
+
+
+def global_key(param: str) -> str:
+    return f"parameters.{param}"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Everything the builder's form holds. Texts are as typed; empty means "the default".
+
+    `input_values` maps `input_key(ref, param)` to its text, `global_values` maps a
+    global parameter's name to its text (floats) or value (bools).
+    """
+
+    method: str
+    base: str | None
+    inputs: tuple[str, ...]
+    input_values: Mapping[str, str] = field(default_factory=dict)
+    global_values: Mapping[str, str | bool] = field(default_factory=dict)
+    seed: str = "0"
+    name: str = ""
+    out_dir: str = ""  # empty: ./NAME
+    dtype: str | None = None
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def base_used(self) -> str | None:
+        """The base, when the method takes one (linear and passthrough do not)."""
+        return self.base if self.spec.uses_base else None
+
+    @property
+    def output(self) -> Path:
+        return Path(self.out_dir or f"./{self.name}").expanduser()
+
+    def problems(self) -> dict[str, str]:
+        """Field key → what is wrong with it, for every field that cannot run as is.
+
+        Keys: "base", "inputs", "seed", "name", "out_dir", `input_key(...)` and
+        `global_key(...)`.
+        """
+        out: dict[str, str] = {}
+        method = self.spec
+        if method.uses_base and self.base is None:
+            out["base"] = f"{method.name} needs a base model"
+        count = len(self.inputs)
+        if count == 0:
+            out["inputs"] = "choose the models or adapters to merge"
+        else:
+            problem = method.check_input_count(count)
+            if problem:
+                out["inputs"] = problem
+        for ref in self.inputs:
+            resolved: dict[str, float | bool] = {}
+            for param in method.input_params:
+                key = input_key(ref, param.name)
+                text = self.input_values.get(key, "")
+                problem = _float_problem(param, text)
+                value = param.default if problem or not text.strip() else float(text)
+                if problem:
+                    out[key] = problem
+                elif value is not None:
+                    resolved[param.name] = value
+            if len(resolved) == len(method.input_params):
+                problem = method.check_combination(resolved)
+                if problem:  # DELLA's density ± epsilon: shown on the last of them
+                    out[input_key(ref, method.input_params[-1].name)] = problem
+        for param in method.global_params:
+            if param.kind == "float":
+                problem = _float_problem(param, str(self.global_values.get(param.name, "")))
+                if problem:
+                    out[global_key(param.name)] = problem
+        if not self.seed.strip().isdigit():
+            out["seed"] = "must be a whole number ≥ 0"
+        name = self.name.strip()
+        if not name or "@" in name or "/" in name:
+            out["name"] = "needs a name without @ or /"
+        elif self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
+            out["out_dir"] = f"{self.output} already exists: choose another folder"
+        return out
+
+    def document(self) -> dict[str, Any]:
+        """The config as a mergekit-style mapping; fields with problems are left out."""
+        method = self.spec
+        problems = self.problems()
+        doc: dict[str, Any] = {"merge_method": method.name}
+        if self.base_used is not None:
+            doc["base_model"] = self.base_used
+        models = []
+        for ref in self.inputs:
+            entry: dict[str, Any] = {"model": ref}
+            params = {}
+            for param in method.input_params:
+                key = input_key(ref, param.name)
+                text = self.input_values.get(key, "").strip()
+                if text and key not in problems:
+                    params[param.name] = _number(text)
+            if params:
+                entry["parameters"] = params
+            models.append(entry)
+        if models:
+            doc["models"] = models
+        params = {}
+        for param in method.global_params:
+            value = self.global_values.get(param.name, "")
+            if isinstance(value, bool):
+                if value != param.default:
+                    params[param.name] = value
+            elif value.strip() and global_key(param.name) not in problems:
+                params[param.name] = _number(value)
+        if params:
+            doc["parameters"] = params
+        if self.dtype:
+            doc["dtype"] = self.dtype
+        return doc
+
+    def yaml(self) -> str:
+        return yaml.safe_dump(self.document(), sort_keys=False)
+
+
+def _float_problem(param: Param, text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return "required" if param.required else None
+    try:
+        value = float(text)
+    except ValueError:
+        return f"must be a number, not {text!r}"
+    return param.check(value)
+
+
+def _number(text: str) -> float | int:
+    """`1` stays 1 in the YAML, `0.5` is 0.5."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value

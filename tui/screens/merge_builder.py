@@ -1,0 +1,436 @@
+"""The merge builder: compose a merge from registered artifacts, preview its YAML, run it.
+
+The form is a `Draft` (tui.merge_draft), whose checks come from the method registry;
+every change re-renders the problems, the YAML preview and the Run action. The merge
+runs in a thread worker that posts progress messages and stops at the next tensor
+when cancelled; the screen dismisses with the new artifact's ref.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Footer,
+    Header,
+    Input,
+    Label,
+    ProgressBar,
+    Select,
+    SelectionList,
+    Static,
+)
+from textual.worker import Worker, WorkerState
+
+from merge import MergeCancelled, merge_models, parse_config
+from merge.executor import MergeProgress
+from merge.methods import METHODS, Param
+from registry import ArtifactRow, GraftError, Store
+from registry.fsutil import write_atomic
+from tui.merge_draft import DTYPES, STARTING_VALUES, Draft, global_key, input_key
+
+DEFAULT_METHOD = "ties"
+
+
+class MergeBuilder(ModalScreen[str | None]):
+    """Choose method, base, inputs and parameters; run the merge; dismiss with its ref.
+
+    Modal (though it fills the screen) so that the main screen's keys stay off.
+    """
+
+    CSS_PATH = "merge_builder.tcss"
+    SUB_TITLE = "merge builder"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+r", "run", "Run merge"),
+        Binding("ctrl+s", "save", "Save YAML"),
+        Binding("escape", "cancel", "Cancel merge", key_display="esc"),
+        Binding("escape", "close", "Close", key_display="esc"),
+    ]
+
+    class Progressed(Message):
+        """The running merge wrote another percent of its tensors."""
+
+        def __init__(self, progress: MergeProgress) -> None:
+            super().__init__()
+            self.progress = progress
+
+    def __init__(
+        self, store: Store, rows: list[ArtifactRow], current: ArtifactRow | None = None
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.rows = rows
+        self.values: dict[str, str | bool] = {}  # parameter field key → text or switch
+        self.running = False
+        self.preview = ""  # the YAML shown, with the equivalent command
+        self._stop = threading.Event()
+        self._base, self._chosen = _starting_point(rows, current)
+
+    # Layout.
+
+    def compose(self) -> ComposeResult:
+        models = [(r.ref, r.ref) for r in self.rows if r.kind != "adapter"]
+        yield Header()
+        with Horizontal(id="builder"):
+            with VerticalScroll(id="form"):
+                with Horizontal(classes="row"):
+                    yield Label("Method", classes="field")
+                    yield Select(
+                        [(name, name) for name in METHODS],
+                        value=DEFAULT_METHOD,
+                        allow_blank=False,
+                        compact=True,
+                        id="method",
+                    )
+                yield Static(id="method-doc")
+                with Horizontal(classes="row"):
+                    yield Label("Base", classes="field")
+                    yield Select(
+                        models,
+                        value=self._base or Select.NULL,
+                        prompt="(none)",
+                        compact=True,
+                        id="base",
+                    )
+                yield Label("Inputs: space picks, in merge order", classes="heading")
+                yield SelectionList[str](compact=True, id="inputs")
+                yield Vertical(id="input-params")
+                yield Label("Merge parameters", classes="heading")
+                yield Grid(id="global-params")
+                with Horizontal(classes="row"):
+                    yield Label("Seed", classes="field")
+                    yield Input("0", id="seed", name="seed", compact=True)
+                    yield Label("dtype", classes="field")
+                    yield Select(
+                        [(d, d) for d in DTYPES], prompt="as inputs", compact=True, id="dtype"
+                    )
+                with Horizontal(classes="row"):
+                    yield Label("Name", classes="field")
+                    yield Input(
+                        placeholder="the new artifact's name", id="name", name="name", compact=True
+                    )
+                with Horizontal(classes="row"):
+                    yield Label("Folder", classes="field")
+                    yield Input(placeholder="./NAME", id="out-dir", name="out_dir", compact=True)
+            with Vertical(id="side"):
+                with VerticalScroll(id="yaml-scroll"):
+                    yield Static(id="yaml")
+                yield Static(id="problems")
+                yield Button("Run merge", id="run", variant="primary")
+                yield ProgressBar(id="progress", show_eta=False)
+                yield Static(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#progress", ProgressBar).display = False
+        self._offer_inputs(self._chosen)
+        await self._method_changed()
+        self.query_one("#method", Select).focus()
+
+    # The form's state.
+
+    @property
+    def method(self) -> str:
+        value = self.query_one("#method", Select).value
+        return value if isinstance(value, str) else DEFAULT_METHOD
+
+    @property
+    def base(self) -> str | None:
+        value = self.query_one("#base", Select).value
+        return value if isinstance(value, str) else None
+
+    def draft(self) -> Draft:
+        dtype = self.query_one("#dtype", Select).value
+        return Draft(
+            method=self.method,
+            base=self.base,
+            inputs=tuple(self.query_one("#inputs", SelectionList).selected),
+            input_values={k: v for k, v in self.values.items() if isinstance(v, str)},
+            global_values={
+                k.removeprefix("parameters."): v
+                for k, v in self.values.items()
+                if k.startswith("parameters.")
+            },
+            seed=self.query_one("#seed", Input).value,
+            name=self.query_one("#name", Input).value,
+            out_dir=self.query_one("#out-dir", Input).value,
+            dtype=dtype if isinstance(dtype, str) else None,
+        )
+
+    # Rebuilding the parts of the form that depend on the method, base and inputs.
+
+    @on(Select.Changed, "#method")
+    async def _method_changed(self) -> None:
+        spec = METHODS[self.method]
+        self.query_one("#method-doc", Static).update(Text(spec.reference, style="dim"))
+        self.query_one("#base", Select).disabled = not spec.uses_base
+        await self._show_global_params()
+        self._offer_inputs()
+        await self._show_input_params()
+
+    @on(Select.Changed, "#base")
+    async def _base_changed(self) -> None:
+        self._offer_inputs()
+        await self._show_input_params()
+
+    @on(SelectionList.SelectedChanged, "#inputs")
+    async def _inputs_changed(self) -> None:
+        await self._show_input_params()
+
+    def _offer_inputs(self, chosen: tuple[str, ...] = ()) -> None:
+        """Every artifact but the base can be an input; the chosen ones stay chosen."""
+        inputs: SelectionList[str] = self.query_one("#inputs", SelectionList)
+        chosen = chosen or tuple(inputs.selected)
+        base = self.base if METHODS[self.method].uses_base else None
+        inputs.clear_options()
+        inputs.add_options(
+            (Text.assemble(r.ref, (f"  {r.kind}", "dim")), r.ref)
+            for r in self.rows
+            if r.ref != base
+        )
+        for ref in chosen:
+            if ref != base:
+                inputs.select(ref)
+
+    async def _show_input_params(self) -> None:
+        """The parameter fields of each chosen input, keeping what was typed."""
+        box = self.query_one("#input-params", Vertical)
+        await box.remove_children()
+        spec = METHODS[self.method]
+        for ref in self.query_one("#inputs", SelectionList).selected:
+            fields: list[Label | Input] = []
+            for param in spec.input_params:
+                key = input_key(ref, param.name)
+                self.values.setdefault(key, STARTING_VALUES.get(param.name, ""))
+                fields += [Label(param.name), _param_input(key, str(self.values[key]), param)]
+            await box.mount(Label(ref, classes="input-ref"))
+            row = Horizontal(classes="row params")
+            await box.mount(row)
+            await row.mount_all(fields)
+        self._show_state()
+
+    async def _show_global_params(self) -> None:
+        """The method's merge-wide parameters, two to a line."""
+        box = self.query_one("#global-params", Grid)
+        await box.remove_children()
+        for param in METHODS[self.method].global_params:
+            key = global_key(param.name)
+            if param.kind == "bool":
+                self.values.setdefault(key, bool(param.default))
+                switch = Checkbox(param.name, bool(self.values[key]), name=key, compact=True)
+                switch.tooltip = param.doc
+                await box.mount(switch)
+            else:
+                self.values.setdefault(key, "")
+                cell = Horizontal(classes="row")
+                await box.mount(cell)
+                await cell.mount_all(
+                    [Label(param.name), _param_input(key, str(self.values[key]), param)]
+                )
+
+    # Every change re-checks the draft.
+
+    @on(Input.Changed)
+    def _typed(self, event: Input.Changed) -> None:
+        if event.input.name and event.input.has_class("param-value"):
+            self.values[event.input.name] = event.value
+        self._show_state()
+
+    @on(Checkbox.Changed)
+    def _switched(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.name:
+            self.values[event.checkbox.name] = event.value
+        self._show_state()
+
+    @on(Select.Changed, "#dtype")
+    def _dtype_changed(self) -> None:
+        self._show_state()
+
+    def _show_state(self) -> None:
+        draft = self.draft()
+        problems = draft.problems()
+        for field in self.query(Input):
+            field.set_class(field.name in problems, "-invalid")
+        self.query_one("#inputs").set_class("inputs" in problems, "-invalid")
+        self.query_one("#problems", Static).update(
+            Text("\n".join(f"✗ {key}: {why}" for key, why in problems.items()), style="red")
+            if problems
+            else Text("✓ ready to run", style="green")
+        )
+        self.preview = _preview(draft)
+        self.query_one("#yaml", Static).update(Syntax(self.preview, "yaml", word_wrap=True))
+        self.query_one("#run", Button).disabled = self.running or bool(problems)
+        self.refresh_bindings()
+
+    # Actions.
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":
+            return self.running
+        if action == "close":
+            return not self.running
+        if action == "run":
+            return None if self.running or self.draft().problems() else True
+        return True
+
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        draft = self.draft()
+        if self.running or draft.problems():
+            return
+        self.running = True
+        self._stop.clear()
+        self.query_one("#form").disabled = True
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self._status(Text(f"merging into {draft.output} …"))
+        self._show_state()
+        self.run_merge(draft)
+
+    def action_cancel(self) -> None:
+        self._stop.set()
+        self._status(Text("cancelling at the next tensor …", style="yellow"))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_save(self) -> None:
+        draft = self.draft()
+
+        def save(path: Path | None) -> None:
+            if path is None:
+                return
+            try:
+                write_atomic(path, draft.yaml().encode())
+            except OSError as e:
+                self._status(Text(f"cannot save {path}: {e.strerror}", style="red"))
+                return
+            self._status(Text(f"saved {path}", style="green"))
+
+        self.app.push_screen(SaveYaml(Path(f"{draft.name.strip() or 'merge'}.yaml")), save)
+
+    # The merge, in a worker.
+
+    @work(thread=True, exit_on_error=False, exclusive=True, group="merge")
+    def run_merge(self, draft: Draft) -> str | None:
+        config = parse_config(draft.document(), source="merge builder")
+        percent = -1
+
+        def progress(p: MergeProgress) -> None:
+            nonlocal percent  # at most one message per percent
+            now = 100 * p.tensors_done // max(1, p.tensors_total)
+            if now != percent:
+                percent = now
+                self.post_message(self.Progressed(p))
+
+        outcome = merge_models(
+            config,
+            draft.output,
+            store=self.store,
+            name=draft.name.strip(),
+            seed=int(draft.seed),
+            on_progress=progress,
+            should_cancel=self._stop.is_set,
+        )
+        return None if outcome.manifest is None else outcome.manifest.ref
+
+    def on_merge_builder_progressed(self, message: Progressed) -> None:
+        p = message.progress
+        self.query_one("#progress", ProgressBar).update(
+            total=p.tensors_total, progress=p.tensors_done
+        )
+        self._status(Text(f"{p.tensors_done}/{p.tensors_total}  {p.tensor}", style="dim"))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "merge":
+            return
+        if event.state == WorkerState.SUCCESS:
+            self.dismiss(event.worker.result)
+        elif event.state == WorkerState.ERROR:
+            self.running = False
+            self.query_one("#form").disabled = False
+            self.query_one("#progress", ProgressBar).display = False
+            error = event.worker.error
+            if isinstance(error, MergeCancelled):
+                self._status(Text("merge cancelled: nothing written or registered", "yellow"))
+            else:
+                self._status(Text(f"merge failed: {_describe(error)}", style="red"))
+            self._show_state()
+
+    def _status(self, text: Text) -> None:
+        self.query_one("#status", Static).update(text)
+
+
+class SaveYaml(ModalScreen[Path | None]):
+    """Ask where to save the YAML (enter saves, esc does not)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Don't save")]
+
+    def __init__(self, suggested: Path) -> None:
+        super().__init__()
+        self.suggested = suggested
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="save-box"):
+            yield Label("Save the merge config as (enter to save, esc to go back)")
+            yield Input(str(self.suggested), id="save-path")
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.dismiss(Path(event.value.strip()).expanduser())
+
+
+def _starting_point(
+    rows: list[ArtifactRow], current: ArtifactRow | None
+) -> tuple[str | None, tuple[str, ...]]:
+    """Base and inputs to start from: the artifact under the cursor as an input over
+    its parent, or as the base when it has no parent."""
+    if current is None:
+        return None, ()
+    if not current.parents:
+        return current.ref, ()
+    kinds = {r.ref: r.kind for r in rows}
+    parent = current.parents[0]
+    return (parent if kinds.get(parent, "adapter") != "adapter" else None), (current.ref,)
+
+
+def _param_input(key: str, value: str, param: Param) -> Input:
+    """A parameter's field, named by its key in `Draft.problems()`."""
+    field = Input(
+        value,
+        placeholder="needed" if param.default is None else f"{param.default}",
+        name=key,
+        classes="param-value",
+        compact=True,
+    )
+    field.tooltip = param.doc
+    return field
+
+
+def _preview(draft: Draft) -> str:
+    name = draft.name.strip()
+    out = draft.out_dir or f"./{name or 'NAME'}"
+    command = f"# graft merge {name or 'merge'}.yaml --out {out}"
+    if draft.seed.strip() not in ("", "0"):
+        command += f" --seed {draft.seed.strip()}"
+    return f"{command}\n{draft.yaml()}"
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, GraftError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
