@@ -222,7 +222,10 @@ class GraftApp(App[None]):
 
     def action_methods(self) -> None:
         self.query_one(TabbedContent).active = "methods-tab"
-        self.query_one(MethodsView).option_list.focus()
+        options = self.query_one(MethodsView).option_list
+        options.focus()
+        if options.highlighted is None and options.option_count:
+            options.highlighted = 0  # show the first method at once
 
     def action_refresh(self) -> None:
         self.load_artifacts()

@@ -105,7 +105,7 @@ class Draft:
             out["seed"] = "must be a whole number ≥ 0"
         name = self.name.strip()
         if not name or "@" in name or "/" in name:
-            out["name"] = "needs a name without @ or /"
+            out["name"] = "name the new artifact (no @ or /)"
         elif self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
             out["out_dir"] = f"{self.output} already exists: choose another folder"
         return out

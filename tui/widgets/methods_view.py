@@ -55,8 +55,10 @@ class MethodsView(Vertical):
         )
         if self.method is not None and self.method in counts:  # keep the chosen one lit
             options.highlighted = options.get_option_index(self.method)
-        elif not counts:
-            self.query_one("#method-artifacts", Static).update("no methods recorded yet")
+        else:
+            self.query_one("#method-artifacts", Static).update(
+                "pick a method above" if counts else "no methods recorded yet"
+            )
 
     @on(OptionList.OptionHighlighted, "#method-list")
     @on(OptionList.OptionSelected, "#method-list")
