@@ -13,7 +13,7 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer
 from textual.message import Message
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -86,9 +86,10 @@ class GraftApp(App[None]):
         with Horizontal(id="main"):
             yield ArtifactTree(id="artifacts")
             with TabbedContent(id="tabs"):
-                with TabPane("Overview", id="overview-tab"), VerticalScroll():
+                # Both ways: long metadata and wide grids scroll sideways at 80 columns.
+                with TabPane("Overview", id="overview-tab"), ScrollableContainer():
                     yield Overview(id="overview")
-                with TabPane("Layers", id="layers-tab"), VerticalScroll():
+                with TabPane("Layers", id="layers-tab"), ScrollableContainer():
                     yield LayerHeatmap(id="heatmap")
                 with TabPane("Tensors", id="tensors-tab"):
                     yield TensorTable(id="tensors")
@@ -242,15 +243,15 @@ class GraftApp(App[None]):
         dialog = AddDialog(
             self.store(), refs=[r.ref for r in rows], methods=[r.method for r in rows if r.method]
         )
-        self.push_screen(dialog, self._added)
+        self.push_screen(dialog, self._select_new)
 
     def action_build_merge(self) -> None:
         from tui.screens.merge_builder import MergeBuilder  # loads torch (warmed up on mount)
 
         current = self.query_one(ArtifactTree).current
-        self.push_screen(MergeBuilder(self.store(), self.rows or [], current), self._added)
+        self.push_screen(MergeBuilder(self.store(), self.rows or [], current), self._select_new)
 
-    def _added(self, ref: str | None) -> None:
+    def _select_new(self, ref: str | None) -> None:
         if ref is not None:
             self.select_when_listed(ref)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
@@ -72,6 +74,14 @@ class HeatGrid:
         return rows
 
 
+def unsqueezed(table: Table, console: Console) -> Table:
+    """Fix `table` at its natural width, so that a narrow pane scrolls it sideways
+    instead of cutting its columns short."""
+    wide = console.options.update_width(10_000)
+    table.width = Measurement.get(console, wide, table).maximum
+    return table
+
+
 class LayerHeatmap(Static):
     """Renders a `HeatGrid` with the theme's colours: hotter for bigger changes."""
 
@@ -106,4 +116,4 @@ class LayerHeatmap(Static):
                 else:
                     out.append(Text(cell, style=self._style(g.values[(layer, block, module)])))
             table.add_row(*out)
-        return table
+        return unsqueezed(table, self.app.console)

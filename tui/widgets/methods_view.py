@@ -16,7 +16,7 @@ from textual.widgets.option_list import Option
 
 from lineage import MethodTouches
 from tui.lineage_views import module_columns
-from tui.widgets.layer_heatmap import UNTOUCHED, heat_style
+from tui.widgets.layer_heatmap import UNTOUCHED, heat_style, unsqueezed
 
 
 class MethodsView(Vertical):
@@ -118,4 +118,4 @@ class MethodsView(Vertical):
                     style = heat_style(variables, cell.mean_rel_change)
                     row.append(Text(f"{cell.artifacts}×{mean}", style=style))
             table.add_row(*row)
-        return table
+        return unsqueezed(table, self.app.console)
