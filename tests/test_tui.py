@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,8 +10,12 @@ import pytest
 from click.testing import CliRunner
 from textual.widgets import Static, TabbedContent
 
+import lineage
 import registry
+import tui.app as tui_app
+from lineage.names import adapter_key
 from registry import ArtifactRow, Store, StoreError, list_artifacts
+from tests.procs import GRAFT, graft_env
 from tui.app import GraftApp
 from tui.cli import cli
 from tui.demo import populate
@@ -24,6 +29,7 @@ from tui.widgets import (
 )
 from tui.widgets.artifact_tree import opened_within
 
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 SIZE = (100, 30)
 pytestmark = pytest.mark.anyio
 
@@ -235,6 +241,25 @@ async def test_m_shows_what_every_artifact_of_a_method_touched(store_path: Path)
         assert not [n for n in app._notifications if n.severity == "error"]
 
 
+async def test_adapter_factors_show_the_change_of_the_tensor_they_target(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        await _select(app, pilot, "lora-copy@1")
+        table = app.query_one(TensorTable)
+        touched = {t.tensor: t for t in lineage.touched(Store.open(store_path), "lora-copy@1")}
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        assert rows and all(table.changed)
+        for changed, rel, *_, name in rows:
+            key = adapter_key(str(name))
+            assert key is not None and key.base_tensor in touched
+            expected = touched[key.base_tensor].rel_change
+            assert str(changed) == touched[key.base_tensor].status
+            assert str(rel) == format(expected, ".3g")
+
+
 async def test_every_artifact_opens_without_errors(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -306,3 +331,48 @@ def test_cli_demo_uses_a_temporary_store(
     assert count == 6
     assert not path.exists()  # removed on exit
     assert not (tmp_path / "mine").exists()  # the user's store is left alone
+
+
+async def test_artifacts_added_by_another_process_appear_on_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    lineage.register(SAMPLES / "tiny-llama", store=Store.open(store), name="tiny-llama")
+    monkeypatch.setattr(tui_app, "REFRESH_SECONDS", 0.2)
+    app = GraftApp(store, poll=True)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        assert tree.structure() == {"": ["tiny-llama@1"], "tiny-llama@1": []}
+        # A real `graft add` next to the polling app: the app holds no lock while idle.
+        child = subprocess.Popen(
+            [str(GRAFT), "add", str(SAMPLES / "lora-copy"), "--parent", "tiny-llama"],
+            env=graft_env(store),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(600):
+            await pilot.pause(0.05)
+            if child.poll() is not None and len(tree.rows) == 2:
+                break
+        assert child.wait(timeout=60) == 0, child.stderr.read() if child.stderr else ""
+        assert tree.structure()["tiny-llama@1"] == ["lora-copy@1"]
+
+
+async def test_the_mouse_selects_artifacts_and_tabs(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        line = next(
+            i
+            for i in range(tree.tree_view.last_line + 1)
+            if (node := tree.tree_view.get_node_at_line(i)) and node.data.ref == "tiny-llama-sft@1"
+        )
+        assert await pilot.click("#artifact-tree", offset=(6, line))
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.shown == "tiny-llama-sft@1"
+        assert await pilot.click("#--content-tab-layers-tab")
+        await pilot.pause()
+        assert app.query_one(TabbedContent).active == "layers-tab"
+        assert app.query_one(LayerHeatmap).grid.changed_layers() == [2, 3]

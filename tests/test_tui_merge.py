@@ -21,7 +21,7 @@ from tui.screens.merge_builder import MergeBuilder
 from tui.widgets import ArtifactTree
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
-SIZE = (100, 40)
+SIZE = (80, 24)  # the smallest terminal the builder must work in
 pytestmark = pytest.mark.anyio
 
 
@@ -77,14 +77,24 @@ def _field(screen: MergeBuilder, key: str) -> Input:
 
 
 async def _ties_of_two_adapters(screen: MergeBuilder, pilot: Any) -> None:
-    """From the builder opened on lora-copy: add lora-reverse, set the parameters."""
+    """From the builder opened on lora-copy, by keyboard: add lora-reverse, set the
+    parameters and the name."""
     inputs: SelectionList[str] = screen.query_one("#inputs", SelectionList)
-    inputs.select("lora-reverse@1")
+    inputs.focus()
+    await pilot.press("home")
+    while inputs.highlighted_option is None or inputs.highlighted_option.value != "lora-reverse@1":
+        await pilot.press("down")
+    await pilot.press("space")
     await pilot.pause()
-    await _type(pilot, _field(screen, "lora-copy@1.density"), "0.5")
-    await _type(pilot, _field(screen, "lora-reverse@1.weight"), "0.5")
-    await _type(pilot, _field(screen, "lora-reverse@1.density"), "0.5")
-    await _type(pilot, _field(screen, "name"), "soup")
+    for key, keys in (
+        ("lora-copy@1.density", "0.5"),
+        ("lora-reverse@1.weight", "\b0.5"),  # \b: backspace over the starting 1
+        ("lora-reverse@1.density", "0.5"),
+        ("name", "soup"),
+    ):
+        _field(screen, key).focus()
+        await pilot.press(*["backspace" if k == "\b" else k for k in keys])
+    await pilot.pause()
 
 
 async def test_builds_and_runs_a_ties_merge_of_two_adapters(

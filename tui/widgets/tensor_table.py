@@ -1,4 +1,5 @@
-"""The Tensors tab: every tensor of the artifact, and whether it changed against the parent."""
+"""The Tensors tab: every tensor of the artifact, and whether it changed against the parent
+(for an adapter's factors: whether the base tensor they target changed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from lineage import Touch
+from lineage.names import adapter_key
 from registry import Manifest
 
 # The name last, so that at 80 columns the change and shape still show.
@@ -31,6 +33,9 @@ class TensorTable(DataTable[str | Text]):
         self.changed = []
         for _, t in manifest.tensors:
             touch = by_name.get(t.name)
+            key = adapter_key(t.name) if touch is None else None
+            if key is not None:  # an adapter's A/B factors change the base tensor they target
+                touch = by_name.get(key.base_tensor)
             self.changed.append(touch is not None)
             if touch is None:
                 changed, rel = Text("·", style="dim"), Text("")
