@@ -48,7 +48,7 @@ class GraftApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("escape", "clear_filter", "Clear filter", key_display="esc"),
+        Binding("escape", "clear_filter", "Clear filter", key_display="esc", show=False),
         Binding("a", "add", "Add"),
         Binding("b", "build_merge", "Merge"),
         Binding("m", "methods", "Methods"),

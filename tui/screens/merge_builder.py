@@ -73,6 +73,7 @@ class MergeBuilder(ModalScreen[str | None]):
         self.store = store
         self.rows = rows
         self.values: dict[str, str | bool] = {}  # parameter field key → text or switch
+        self._input_blocks: dict[str, Vertical] = {}  # the chosen inputs' fields
         self.running = False
         self.preview = ""  # the YAML shown, with the equivalent command
         self._stop = threading.Event()
@@ -178,7 +179,7 @@ class MergeBuilder(ModalScreen[str | None]):
         self.query_one("#base", Select).disabled = not spec.uses_base
         await self._show_global_params()
         self._offer_inputs()
-        await self._show_input_params()
+        await self._show_input_params(rebuild=True)
 
     @on(Select.Changed, "#base")
     async def _base_changed(self) -> None:
@@ -204,22 +205,36 @@ class MergeBuilder(ModalScreen[str | None]):
             if ref != base:
                 inputs.select(ref)
 
-    async def _show_input_params(self) -> None:
-        """The parameter fields of each chosen input, keeping what was typed."""
+    async def _show_input_params(self, *, rebuild: bool = False) -> None:
+        """A block of parameter fields per chosen input, in merge order.
+
+        The blocks of inputs still chosen stay as they are, so a field being typed
+        in is never replaced; a new method (`rebuild`) brings new fields.
+        """
         box = self.query_one("#input-params", Vertical)
-        await box.remove_children()
-        spec = METHODS[self.method]
-        for ref in self.query_one("#inputs", SelectionList).selected:
-            fields: list[Label | Input] = []
-            for param in spec.input_params:
-                key = input_key(ref, param.name)
-                self.values.setdefault(key, STARTING_VALUES.get(param.name, ""))
-                fields += [Label(param.name), _param_input(key, str(self.values[key]), param)]
-            await box.mount(Label(ref, classes="input-ref"))
-            row = Horizontal(classes="row params")
-            await box.mount(row)
-            await row.mount_all(fields)
+        if rebuild:
+            await box.remove_children()
+            self._input_blocks.clear()
+        chosen = self.query_one("#inputs", SelectionList).selected
+        for ref in [r for r in self._input_blocks if r not in chosen]:
+            await self._input_blocks.pop(ref).remove()
+        for ref in chosen:  # a new choice comes last, as in `selected`
+            if ref not in self._input_blocks:
+                self._input_blocks[ref] = self._input_block(ref)
+                await box.mount(self._input_blocks[ref])
         self._show_state()
+
+    def _input_block(self, ref: str) -> Vertical:
+        fields: list[Label | Input] = []
+        for param in METHODS[self.method].input_params:
+            key = input_key(ref, param.name)
+            self.values.setdefault(key, STARTING_VALUES.get(param.name, ""))
+            fields += [Label(param.name), _param_input(key, str(self.values[key]), param)]
+        return Vertical(
+            Label(ref, classes="input-ref"),
+            Horizontal(*fields, classes="row params"),
+            classes="input-block",
+        )
 
     async def _show_global_params(self) -> None:
         """The method's merge-wide parameters, two to a line."""
