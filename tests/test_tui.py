@@ -341,7 +341,12 @@ async def test_artifacts_added_by_another_process_appear_on_their_own(
     monkeypatch.setattr(tui_app, "REFRESH_SECONDS", 0.2)
     app = GraftApp(store, poll=True)
     async with app.run_test(size=SIZE) as pilot:
-        tree = await _loaded(app, pilot)
+        # Polling: a new load cancels one still running, so wait on the tree itself.
+        tree = app.query_one(ArtifactTree)
+        for _ in range(600):
+            await pilot.pause(0.05)
+            if tree.rows:
+                break
         assert tree.structure() == {"": ["tiny-llama@1"], "tiny-llama@1": []}
         # A real `graft add` next to the polling app: the app holds no lock while idle.
         child = subprocess.Popen(
