@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_tui.py [--artifacts 10000] [--tensors 300] [--repeats 5]
-                                   [--presses 200] [--pilot-presses 20]
+                                   [--presses 200] [--pilot-presses 20] [--table-rows 50000]
                                    [--workdir DIR] [--keep]
 
 Builds the synthetic catalog of bench_catalog.py (--artifacts artifacts of
@@ -25,7 +25,10 @@ round-robin (one untimed warm-up round, then --repeats rounds), quoting medians:
   then the same until the detail workers the moves started have finished;
 * then --pilot-presses `pilot.press("down")` calls. Pilot waits after every key
   until the process is idle, which includes that key's detail load in a worker
-  thread, so this row is slower than a user sees the cursor move.
+  thread, so this row is slower than a user sees the cursor move;
+* the Tensors tab with --table-rows rows (a synthetic artifact, every other
+  tensor changed): `TensorTable.show` until the table is drawn, then
+  --presses `down` keys in it as above.
 
 Interpreter start and imports are not included (see `graft --help` in
 bench_catalog.py). The table goes to stdout; progress goes to stderr. The
@@ -56,11 +59,14 @@ from bench_catalog import (
 )
 from common import log, machine_line, print_table
 from textual import events
+from textual.widgets import TabbedContent
 
 import registry
+from lineage import Touch
 from registry import Store
+from registry.manifest import FileRecord, Manifest, TensorRecord
 from tui.app import GraftApp
-from tui.widgets import ArtifactTree
+from tui.widgets import ArtifactTree, TensorTable
 
 GOAL_S = 1.0  # first screen
 SIZE = (100, 30)
@@ -140,6 +146,70 @@ async def tui_round(store_path: Path, n_artifacts: int, presses: int, pilot_pres
         return Round(first, keys, idle, pilot_s)
 
 
+def big_manifest(n: int) -> tuple[Manifest, list[Touch]]:
+    """An artifact of `n` tensors in one file, every other one changed."""
+    records = tuple(
+        TensorRecord(
+            f"model.layers.{i // 8}.mlp.experts.{i % 8}.w{i % 3}.weight",
+            "BF16",
+            (4096, 1024),
+            0,
+            4096 * 1024 * 2,
+            f"{i:032x}",
+        )
+        for i in range(n)
+    )
+    file = FileRecord("model.safetensors", 0, "0" * 32, records)
+    manifest = Manifest("0" * 32, "big", 1, "model", "2026-01-01T00:00:00Z", None, (file,))
+    touches = [
+        Touch(
+            t.name,
+            i // 8,
+            "mlp",
+            "experts",
+            "modified",
+            0.01 * (i % 100),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            "base@1",
+        )
+        for i, t in enumerate(records)
+        if i % 2 == 0
+    ]
+    return manifest, touches
+
+
+async def tensors_round(store_path: Path, n_tensors: int, presses: int) -> tuple[float, float]:
+    """The Tensors tab filled with `n_tensors` rows, then `presses` cursor moves in it."""
+    manifest, touches = big_manifest(n_tensors)
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.rows is not None, "the empty listing")
+        app.query_one(TabbedContent).active = "tensors-tab"
+        table = app.query_one(TensorTable)
+        table.focus()
+        await pilot.pause()
+        t0 = time.perf_counter()
+        table.show(manifest, touches)
+        await pilot.pause()  # laid out and drawn
+        fill = time.perf_counter() - t0
+        if table.row_count != n_tensors:
+            raise SystemExit(f"bench: the table holds {table.row_count} rows, not {n_tensors}")
+        t1 = time.perf_counter()
+        for row in range(1, presses + 1):
+
+            def moved(row: int = row) -> bool:
+                return table.cursor_row == row
+
+            app.post_message(events.Key("down", None))
+            await until(moved, "the table cursor", interval=0)
+        return fill, time.perf_counter() - t1
+
+
 @dataclass
 class Series:
     label: str
@@ -162,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--pilot-presses", type=int, default=20, help="pilot.press('down') calls timed per round"
     )
+    ap.add_argument(
+        "--table-rows", type=int, default=50_000, help="tensors of the Tensors tab's artifact"
+    )
     ap.add_argument("--workdir", type=Path, help="folder for the stores (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="leave the stores in place")
     args = ap.parse_args(argv)
@@ -173,12 +246,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--presses must be at least 1 and --pilot-presses at least 0")
     if args.presses + args.pilot_presses >= args.artifacts:
         ap.error("--presses plus --pilot-presses must be fewer than --artifacts")
+    if args.table_rows <= args.presses:
+        ap.error("--table-rows must be more than --presses")
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="graft-bench-tui-", dir=args.workdir))
     try:
         return bench(
-            work, args.artifacts, args.tensors, args.repeats, args.presses, args.pilot_presses
+            work,
+            args.artifacts,
+            args.tensors,
+            args.repeats,
+            args.presses,
+            args.pilot_presses,
+            args.table_rows,
         )
     finally:
         if args.keep:
@@ -188,7 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def bench(
-    work: Path, n_artifacts: int, n_tensors: int, repeats: int, presses: int, pilot_presses: int
+    work: Path,
+    n_artifacts: int,
+    n_tensors: int,
+    repeats: int,
+    presses: int,
+    pilot_presses: int,
+    table_rows: int,
 ) -> int:
     names = tensor_names(n_tensors)
     n_layers = 1 + max(t.layer for t in names if t.layer is not None)
@@ -209,6 +296,8 @@ def bench(
     keys = Series(f"cursor down ×{presses}, per key")
     idle = Series(f"cursor down ×{presses}, per key, to idle")
     piloted = Series(f"pilot.press('down') ×{pilot_presses}, per key")
+    table_fill = Series(f"Tensors tab: {table_rows} rows shown")
+    table_keys = Series(f"Tensors tab: cursor down ×{presses}, per key")
     for i in range(-1, repeats):
         tag = "warm-up" if i < 0 else f"#{i + 1}"
         r0 = asyncio.run(tui_round(empty_dir, 0, 0, 0))
@@ -218,11 +307,13 @@ def bench(
         if len(rows) != n_artifacts:
             raise SystemExit(f"bench: list_artifacts gave {len(rows)} rows, not {n_artifacts}")
         r1 = asyncio.run(tui_round(store_dir, n_artifacts, presses, pilot_presses))
+        fill_s, table_keys_s = asyncio.run(tensors_round(empty_dir, table_rows, presses))
         log(
             f"{tag}: empty {1000 * r0.first_screen_s:.0f} ms, list {1000 * list_s:.0f} ms, "
             f"first screen {1000 * r1.first_screen_s:.0f} ms, {presses} keys "
             f"{1000 * r1.keys_s:.0f} ms, to idle {1000 * r1.idle_s:.0f} ms, {pilot_presses} "
-            f"pilot presses {1000 * r1.pilot_s:.0f} ms"
+            f"pilot presses {1000 * r1.pilot_s:.0f} ms; {table_rows} table rows "
+            f"{1000 * fill_s:.0f} ms, {presses} keys {1000 * table_keys_s:.0f} ms"
         )
         if i < 0:
             continue
@@ -232,6 +323,8 @@ def bench(
         keys.seconds.append(r1.keys_s)
         idle.seconds.append(r1.idle_s)
         piloted.seconds.append(r1.pilot_s)
+        table_fill.seconds.append(fill_s)
+        table_keys.seconds.append(table_keys_s)
 
     ok = first.median < GOAL_S
     rows_out = [
@@ -266,6 +359,17 @@ def bench(
                 "",
             ]
         )
+    rows_out += [
+        [table_fill.label, f"{1000 * table_fill.median:.1f}", table_fill.range_ms(), "", "", ""],
+        [
+            table_keys.label,
+            f"{1000 * table_keys.median / presses:.2f}",
+            table_keys.range_ms(presses),
+            "",
+            "",
+            "",
+        ],
+    ]
     print(
         f"graft tui benchmark: {n_artifacts} artifacts × {len(names)} tensors, "
         f"{counts['edges']} edges, {n_merges} merges; headless "
@@ -284,7 +388,8 @@ def bench(
         f"(polled every {1000 * POLL_S:g} ms); vs empty = median / the empty store's median; "
         "cursor rows are per keypress: a key event posted, until the cursor moved; 'to idle' "
         "adds waiting for the detail loads the moves started; pilot.press waits after every "
-        "key until the process is idle, so it includes each key's detail load. "
+        "key until the process is idle, so it includes each key's detail load. Tensors tab: "
+        "TensorTable.show of a synthetic artifact until drawn, then key events as above. "
         "Interpreter start and imports are not included."
     )
     print(machine_line(work, extra=f", Textual {textual.__version__}"))

@@ -15,6 +15,7 @@ import registry
 import tui.app as tui_app
 from lineage.names import adapter_key
 from registry import ArtifactRow, Store, StoreError, list_artifacts
+from registry.manifest import FileRecord, Manifest, TensorRecord
 from tests.procs import GRAFT, graft_env
 from tui.app import GraftApp
 from tui.cli import cli
@@ -241,6 +242,62 @@ async def test_m_shows_what_every_artifact_of_a_method_touched(store_path: Path)
         assert not [n for n in app._notifications if n.severity == "error"]
 
 
+WIDE = (160, 24)  # wide enough for whole tensor names
+
+
+def _text(table: TensorTable, y: int) -> str:
+    return "".join(segment.text for segment in table.render_line(y))
+
+
+async def test_the_tensor_table_draws_a_screen_at_a_time(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await _loaded(app, pilot)
+        await _select(app, pilot, "tiny-llama-sft@1")
+        app.query_one(TabbedContent).active = "tensors-tab"
+        table = app.query_one(TensorTable)
+        table.focus()
+        await pilot.pause()
+        header = _text(table, 0).split()
+        assert header == ["changed", "rel.", "change", "tensor", "shape", "dtype", "size"]
+        first = table.rows[0]
+        assert _text(table, 1).split()[0] == first[0]  # status, then the rest in order
+        await pilot.press("down", "down", "down")
+        assert table.cursor_row == 3
+        await pilot.press("end")
+        assert table.cursor_row == 38
+        visible = table.size.height - 1
+        assert table.scroll_offset.y == 39 - visible  # the last row sits at the bottom
+        assert _text(table, visible).split()[1] == table.rows[38][2]  # "·", then the name
+        await pilot.press("home", "pagedown")
+        assert table.cursor_row == visible
+        assert await pilot.click(TensorTable, offset=(3, 2))  # the second line under the header
+        assert table.cursor_row == table.scroll_offset.y + 1
+
+
+async def test_the_tensor_table_takes_tens_of_thousands_of_rows(store_path: Path) -> None:
+    n = 50_000
+    records = tuple(
+        TensorRecord(f"model.layers.{i}.w.weight", "BF16", (8, 8), 0, 128, f"{i:032x}")
+        for i in range(n)
+    )
+    manifest = Manifest(
+        "0" * 32, "big", 1, "model", "", None, (FileRecord("m.safetensors", 0, "0" * 32, records),)
+    )
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await _loaded(app, pilot)
+        app.query_one(TabbedContent).active = "tensors-tab"
+        table = app.query_one(TensorTable)
+        table.show(manifest, [])
+        table.focus()
+        await pilot.pause()
+        assert table.row_count == n and not any(table.changed)
+        await pilot.press("end")
+        assert table.cursor_row == n - 1
+        assert _text(table, table.size.height - 1).split()[1] == f"model.layers.{n - 1}.w.weight"
+
+
 async def test_adapter_factors_show_the_change_of_the_tensor_they_target(
     store_path: Path,
 ) -> None:
@@ -250,14 +307,13 @@ async def test_adapter_factors_show_the_change_of_the_tensor_they_target(
         await _select(app, pilot, "lora-copy@1")
         table = app.query_one(TensorTable)
         touched = {t.tensor: t for t in lineage.touched(Store.open(store_path), "lora-copy@1")}
-        rows = [table.get_row_at(i) for i in range(table.row_count)]
-        assert rows and all(table.changed)
-        for changed, rel, *_, name in rows:
-            key = adapter_key(str(name))
+        assert table.rows and all(table.changed)
+        for changed, rel, name, *_ in table.rows:
+            key = adapter_key(name)
             assert key is not None and key.base_tensor in touched
             expected = touched[key.base_tensor].rel_change
-            assert str(changed) == touched[key.base_tensor].status
-            assert str(rel) == format(expected, ".3g")
+            assert changed == touched[key.base_tensor].status
+            assert rel == format(expected, ".3g")
 
 
 async def test_every_artifact_opens_without_errors(store_path: Path) -> None:

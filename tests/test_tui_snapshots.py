@@ -33,7 +33,9 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     mp.undo()
 
 
-def _on(ref: str, tab: str | None = None, keys: str = "") -> Callable[[Pilot[Any]], Any]:
+def _on(
+    ref: str, tab: str | None = None, keys: tuple[str, ...] = ()
+) -> Callable[[Pilot[Any]], Any]:
     """Wait for the catalog, put the cursor on `ref`, open `tab`, press `keys` and
     wait for what they started."""
 
@@ -64,14 +66,23 @@ def test_main_screen_with_the_fine_tune_layers(snap_compare: Any, demo_store: Pa
 
 def test_methods_view(snap_compare: Any, demo_store: Path) -> None:
     app = GraftApp(demo_store, poll=False)
-    assert snap_compare(app, terminal_size=SIZE, run_before=_on("demo-soup@1", keys="m"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=_on("demo-soup@1", keys=("m",)))
 
 
 def test_merge_builder(snap_compare: Any, demo_store: Path) -> None:
     app = GraftApp(demo_store, poll=False)
-    assert snap_compare(app, terminal_size=SIZE, run_before=_on("lora-copy@1", keys="b"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=_on("lora-copy@1", keys=("b",)))
 
 
 def test_help_screen(snap_compare: Any, demo_store: Path) -> None:
     app = GraftApp(demo_store, poll=False)
-    assert snap_compare(app, terminal_size=SIZE, run_before=_on("tiny-llama@1", keys="?"))
+    assert snap_compare(
+        app, terminal_size=SIZE, run_before=_on("tiny-llama@1", keys=("question_mark",))
+    )
+
+
+def test_tensors_tab(snap_compare: Any, demo_store: Path) -> None:
+    app = GraftApp(demo_store, poll=False)
+    assert snap_compare(
+        app, terminal_size=SIZE, run_before=_on("tiny-llama-sft@1", "tensors-tab", keys=("tab",))
+    )
