@@ -2,7 +2,8 @@
 
 Update them after an intended change with `pytest tests/test_tui_snapshots.py
 --snapshot-update`, and look at the SVGs under tests/__snapshots__/. The Overview
-tab shows creation times, so the main screen is taken on the Layers tab.
+tab shows creation times and the samples' absolute paths, so no snapshot shows it,
+not even behind a dialog.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def test_merge_builder(snap_compare: Any, demo_store: Path) -> None:
 def test_help_screen(snap_compare: Any, demo_store: Path) -> None:
     app = GraftApp(demo_store, poll=False)
     assert snap_compare(
-        app, terminal_size=SIZE, run_before=_on("tiny-llama@1", keys=("question_mark",))
+        app,
+        terminal_size=SIZE,
+        run_before=_on("tiny-llama@1", "layers-tab", keys=("question_mark",)),
     )
 
 
