@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +129,9 @@ async def test_builds_and_runs_a_ties_merge_of_two_adapters(
                 {"model": "lora-reverse@1", "parameters": {"weight": 0.5, "density": 0.5}},
             ],
         }
-        assert screen.preview.startswith("# graft merge soup.yaml --out ./soup\n")
+        _field(screen, "rank").focus()
+        await pilot.press("6")  # cut the merged adapter back to rank 6 (the inputs': 4 + 8)
+        assert screen.preview.startswith("# graft merge soup.yaml --out ./soup --rank 6\n")
         assert yaml.safe_load(screen.preview) == draft.document()
         assert not screen.query_one("#run", Button).disabled
 
@@ -147,6 +150,8 @@ async def test_builds_and_runs_a_ties_merge_of_two_adapters(
     assert soup.kind == "adapter" and soup.method == "ties"
     assert set(soup.parents) == {"tiny-llama@1", "lora-copy@1", "lora-reverse@1"}
     assert (store_path.parent / "soup" / "adapter_model.safetensors").is_file()
+    config = json.loads((store_path.parent / "soup" / "adapter_config.json").read_text())
+    assert config["r"] == 6
 
 
 async def test_an_invalid_parameter_is_shown_inline_and_run_is_disabled(
@@ -299,12 +304,15 @@ def test_draft_checks_come_from_the_method_registry(tmp_path: Path) -> None:
     assert no_base.problems() == {"base": "ties needs a base model"}
     della = Draft("della", "b", ("x",), {"x.weight": "1", "x.density": "0.1"}, name="n")
     assert "density - epsilon > 0" in della.problems()["x.epsilon"]
-    bad = Draft("ties", "b", ("x",), {"x.weight": "1"}, seed="-1", name="a@b")
-    assert set(bad.problems()) == {"seed", "name"}
+    bad = Draft("ties", "b", ("x",), {"x.weight": "1"}, seed="-1", rank="0", name="a@b")
+    assert set(bad.problems()) == {"seed", "rank", "name"}
+    assert Draft("ties", "b", ("x",), {"x.weight": "1"}, rank="16", name="n").problems() == {}
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "f").write_text("x")
     taken = Draft("ties", "b", ("x",), {"x.weight": "1"}, name="n", out_dir=str(tmp_path / "taken"))
     assert "already exists" in taken.problems()["out_dir"]
+    elsewhere = Draft("ties", "b", ("x",), {}, seed="3", name="n", out_dir="/x/y")
+    assert elsewhere.command() == "graft merge n.yaml --out /x/y --name n --seed 3"
     # Defaults are left out of the document; booleans only when they differ.
     doc = Draft(
         "ties", "b", ("x",), {"x.weight": "2"}, {"normalize": True, "rescale": True}, name="n"

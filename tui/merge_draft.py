@@ -47,6 +47,7 @@ class Draft:
     input_values: Mapping[str, str] = field(default_factory=dict)
     global_values: Mapping[str, str | bool] = field(default_factory=dict)
     seed: str = "0"
+    rank: str = ""  # of a merged adapter; empty: exact (linear) or the inputs' total
     name: str = ""
     out_dir: str = ""  # empty: ./NAME
     dtype: str | None = None
@@ -103,6 +104,9 @@ class Draft:
                     out[global_key(param.name)] = problem
         if not self.seed.strip().isdigit():
             out["seed"] = "must be a whole number ≥ 0"
+        rank = self.rank.strip()
+        if rank and not (rank.isdigit() and int(rank) >= 1):
+            out["rank"] = "must be a whole number ≥ 1, or empty"
         name = self.name.strip()
         if not name or "@" in name or "/" in name:
             out["name"] = "name the new artifact (no @ or /)"
@@ -147,6 +151,18 @@ class Draft:
 
     def yaml(self) -> str:
         return yaml.safe_dump(self.document(), sort_keys=False)
+
+    def command(self) -> str:
+        """The `graft merge` line that runs this draft saved as NAME.yaml."""
+        name = self.name.strip() or "NAME"
+        line = f"graft merge {name}.yaml --out {self.out_dir.strip() or f'./{name}'}"
+        if self.out_dir.strip():  # the name no longer follows from the folder
+            line += f" --name {name}"
+        if self.seed.strip() not in ("", "0"):
+            line += f" --seed {self.seed.strip()}"
+        if self.rank.strip():
+            line += f" --rank {self.rank.strip()}"
+        return line
 
 
 def _float_problem(param: Param, text: str) -> str | None:

@@ -118,6 +118,14 @@ class MergeBuilder(ModalScreen[str | None]):
                         [(d, d) for d in DTYPES], prompt="as inputs", compact=True, id="dtype"
                     )
                 with Horizontal(classes="row"):
+                    yield Label("Rank", classes="field")
+                    yield Input(
+                        placeholder="adapter merges only; empty: the inputs' total",
+                        id="rank",
+                        name="rank",
+                        compact=True,
+                    )
+                with Horizontal(classes="row"):
                     yield Label("Name", classes="field")
                     yield Input(
                         placeholder="the new artifact's name", id="name", name="name", compact=True
@@ -165,6 +173,7 @@ class MergeBuilder(ModalScreen[str | None]):
                 if k.startswith("parameters.")
             },
             seed=self.query_one("#seed", Input).value,
+            rank=self.query_one("#rank", Input).value,
             name=self.query_one("#name", Input).value,
             out_dir=self.query_one("#out-dir", Input).value,
             dtype=dtype if isinstance(dtype, str) else None,
@@ -357,6 +366,7 @@ class MergeBuilder(ModalScreen[str | None]):
             store=self.store,
             name=draft.name.strip(),
             seed=int(draft.seed),
+            rank=int(draft.rank) if draft.rank.strip() else None,
             on_progress=progress,
             should_cancel=self._stop.is_set,
         )
@@ -384,6 +394,9 @@ class MergeBuilder(ModalScreen[str | None]):
             else:
                 self._status(Text(f"merge failed: {_describe(error)}", style="red"))
             self._show_state()
+
+    def on_unmount(self) -> None:
+        self._stop.set()  # leaving the app stops a running merge at the next tensor
 
     def _status(self, text: Text) -> None:
         self.query_one("#status", Static).update(text)
@@ -437,12 +450,7 @@ def _param_input(key: str, value: str, param: Param) -> Input:
 
 
 def _preview(draft: Draft) -> str:
-    name = draft.name.strip()
-    out = draft.out_dir or f"./{name or 'NAME'}"
-    command = f"# graft merge {name or 'merge'}.yaml --out {out}"
-    if draft.seed.strip() not in ("", "0"):
-        command += f" --seed {draft.seed.strip()}"
-    return f"{command}\n{draft.yaml()}"
+    return f"# {draft.command()}\n{draft.yaml()}"
 
 
 def _describe(error: BaseException | None) -> str:
