@@ -270,6 +270,9 @@ class MergeBuilder(ModalScreen[str | None]):
     def _typed(self, event: Input.Changed) -> None:
         if event.input.name and event.input.has_class("param-value"):
             self.values[event.input.name] = event.value
+        elif event.input.id == "name":  # the folder follows the name unless one is typed
+            folder = self.query_one("#out-dir", Input)
+            folder.placeholder = f"./{event.value.strip() or 'NAME'}"
         self._show_state()
 
     @on(Checkbox.Changed)
