@@ -28,7 +28,7 @@ from tui.widgets import (
     TensorTable,
     artifact_tree,
 )
-from tui.widgets.artifact_tree import opened_within
+from tui.widgets.artifact_tree import main_parents, opened_within, placed
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 SIZE = (100, 30)
@@ -125,6 +125,42 @@ def test_first_screen_opens_nodes_breadth_first_within_a_budget() -> None:
     # 2 roots + a's 2; b's 3 would make 7, so b stays closed and a1's 1 still fits
     assert opened_within(children, 5) == {"a@1", "a1@1"}
     assert opened_within(children, 2) == set()
+
+
+def test_every_kept_row_is_placed_once_even_in_a_cycle() -> None:
+    def row(ref: str, *parents: str) -> ArtifactRow:
+        name, version = ref.split("@")
+        return ArtifactRow("id-" + ref, name, int(version), "model", "", 0, 0, None, list(parents))
+
+    rows = [row("base@1"), row("ft@1", "base@1"), row("a@1", "b@1"), row("b@1", "a@1")]
+    parent_of = main_parents(rows, {})
+    assert placed(rows, parent_of, "") == {
+        "base@1": None,
+        "ft@1": "base@1",
+        "a@1": None,  # a cycle: no root leads there, so both are roots
+        "b@1": None,
+    }
+    assert placed(rows, parent_of, "ft") == {"base@1": None, "ft@1": "base@1"}
+
+
+async def test_a_node_closed_by_hand_stays_closed(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        root = tree.tree_view.root.children[0]
+        assert root.is_expanded  # the demo fits the first screen's budget
+        tree.tree_view.move_cursor(root)
+        await pilot.press("space")
+        await pilot.pause()
+        await pilot.press("slash", *"lora")  # a filter opens the way to its matches
+        await pilot.pause()
+        assert tree.tree_view.root.children[0].is_expanded
+        await pilot.press("escape")  # cleared: closed again, as the user left it
+        await pilot.pause()
+        assert not tree.tree_view.root.children[0].is_expanded
+        tree.show_rows(list(tree.rows), {"demo-soup@1": "tiny-llama@1"})  # a refresh, too
+        await pilot.pause()
+        assert not tree.tree_view.root.children[0].is_expanded
 
 
 async def test_a_large_tree_builds_children_when_opened(
@@ -251,7 +287,7 @@ def _text(table: TensorTable, y: int) -> str:
 
 async def test_the_tensor_table_draws_a_screen_at_a_time(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
-    async with app.run_test(size=WIDE) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         await _loaded(app, pilot)
         await _select(app, pilot, "tiny-llama-sft@1")
         app.query_one(TabbedContent).active = "tensors-tab"
@@ -259,14 +295,15 @@ async def test_the_tensor_table_draws_a_screen_at_a_time(store_path: Path) -> No
         table.focus()
         await pilot.pause()
         header = _text(table, 0).split()
-        assert header == ["changed", "rel.", "change", "tensor", "shape", "dtype", "size"]
+        assert header == ["changed", "rel.", "change", "tensor"]  # the rest is scrolled to
         first = table.rows[0]
         assert _text(table, 1).split()[0] == first[0]  # status, then the rest in order
         await pilot.press("down", "down", "down")
         assert table.cursor_row == 3
         await pilot.press("end")
         assert table.cursor_row == 38
-        visible = table.size.height - 1
+        visible = table.visible_rows
+        assert visible == table.size.height - 2  # the header, and the horizontal scrollbar
         assert table.scroll_offset.y == 39 - visible  # the last row sits at the bottom
         assert _text(table, visible).split()[1] == table.rows[38][2]  # "·", then the name
         await pilot.press("home", "pagedown")
@@ -349,7 +386,7 @@ async def test_polling_leaves_an_unchanged_tree_alone(store_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         tree = await _loaded(app, pilot)
         first = tree.tree_view.root.children[0]
-        app.load_artifacts()  # what the 5 s timer does
+        app.load_artifacts()  # a refresh, as the 5 s timer starts
         await _loaded(app, pilot)
         assert tree.tree_view.root.children[0] is first
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from textual.widgets import Button, Input, ProgressBar, Select, SelectionList, Static
+from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, SelectionList, Static
 
 import lineage
 from merge import load_config
@@ -83,9 +83,13 @@ async def _ties_of_two_adapters(screen: MergeBuilder, pilot: Any) -> None:
     inputs: SelectionList[str] = screen.query_one("#inputs", SelectionList)
     inputs.focus()
     await pilot.press("home")
-    while inputs.highlighted_option is None or inputs.highlighted_option.value != "lora-reverse@1":
+    for _ in range(inputs.option_count):
+        option = inputs.highlighted_option
+        if option is not None and option.value == "lora-reverse@1":
+            break
         await pilot.press("down")
     await pilot.press("space")
+    assert "lora-reverse@1" in inputs.selected
     await pilot.pause()
     for key, keys in (
         ("lora-copy@1.density", "0.5"),
@@ -285,6 +289,63 @@ async def test_save_writes_the_yaml_that_graft_merge_reads(store_path: Path) -> 
     assert [m.model for m in config.models] == ["lora-copy@1", "lora-reverse@1", "tiny-llama@1"]
 
 
+async def test_switches_left_alone_keep_each_method_default(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        for method in ("task_arithmetic", "dare_ties", "ties"):
+            screen.query_one("#method", Select).value = method
+            await pilot.pause()
+            await pilot.pause()
+            assert "parameters" not in screen.draft().document(), method
+        normalize = next(c for c in screen.query(Checkbox) if c.name == "parameters.normalize")
+        assert normalize.value  # ties normalizes by default
+        normalize.focus()
+        await pilot.press("space")
+        await pilot.pause()
+        assert screen.draft().document()["parameters"] == {"normalize": False}
+
+
+async def test_a_merge_ending_under_the_command_palette_still_lands(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    real = merge_builder.merge_models
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merge_builder, "merge_models", held)
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert screen.running and screen.check_action("save", ()) is None  # dimmed
+        app.action_command_palette()  # any screen over the builder, as the merge ends
+        await pilot.pause()
+        assert not screen.is_active
+        gate.set()
+        await _settle(app, pilot)
+        await _settle(app, pilot)
+        assert not isinstance(app.screen, MergeBuilder) and screen not in app.screen_stack
+        current = app.query_one(ArtifactTree).current
+        assert current is not None and current.ref == "soup@1"
+
+
+async def test_the_builder_opens_on_an_adapter_without_a_parent(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "lone")
+    lineage.register(SAMPLES / "lora-copy", store=store, name="lone")
+    assert [r.parents for r in list_artifacts(store)] == [[]]
+    app = GraftApp(store.root, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lone@1")
+        assert screen.base is None and screen.draft().inputs == ("lone@1",)
+        assert screen.draft().problems()["base"] == "ties needs a base model"
+
+
 async def test_escape_closes_the_builder_when_idle(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -313,6 +374,11 @@ def test_draft_checks_come_from_the_method_registry(tmp_path: Path) -> None:
     assert "already exists" in taken.problems()["out_dir"]
     elsewhere = Draft("ties", "b", ("x",), {}, seed="3", name="n", out_dir="/x/y")
     assert elsewhere.command() == "graft merge n.yaml --out /x/y --name n --seed 3"
+    spaced = Draft("ties", "b", ("x",), {"x.weight": "1"}, name="my soup ", out_dir=" ")
+    assert spaced.output == Path("my soup")  # what the run writes, stripped
+    assert spaced.command() == "graft merge 'my soup.yaml' --out './my soup'"
+    odd = Draft("ties", "b", ("x",), {"x.weight": "1"}, seed="²", rank="²", name="n")
+    assert set(odd.problems()) == {"seed", "rank"}  # checked, not a crash
     # Defaults are left out of the document; booleans only when they differ.
     doc = Draft(
         "ties", "b", ("x",), {"x.weight": "2"}, {"normalize": True, "rescale": True}, name="n"

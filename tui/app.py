@@ -101,8 +101,14 @@ class GraftApp(App[None]):
         self.query_one(ArtifactTree).tree_view.focus()
         self.load_artifacts()
         if self.poll:
-            self.set_interval(REFRESH_SECONDS, self.load_artifacts)
+            self.set_interval(REFRESH_SECONDS, self._poll)
         self.set_timer(WARM_UP_SECONDS, self.warm_up_merge_engine)
+
+    def _poll(self) -> None:
+        """The timer's refresh, skipped while a load still runs: a slow catalog read
+        is never cancelled by the next tick."""
+        if not any(w.group == "artifacts" and not w.is_finished for w in self.workers):
+            self.load_artifacts()
 
     # Workers: they read, never touch widgets, and post what they found.
 
@@ -248,8 +254,11 @@ class GraftApp(App[None]):
     def action_build_merge(self) -> None:
         from tui.screens.merge_builder import MergeBuilder  # loads torch (warmed up on mount)
 
-        current = self.query_one(ArtifactTree).current
-        self.push_screen(MergeBuilder(self.store(), self.rows or [], current), self._select_new)
+        tree = self.query_one(ArtifactTree)
+        current = tree.current
+        parent = None if current is None else tree.parent_of.get(current.ref)
+        builder = MergeBuilder(self.store(), self.rows or [], current, parent)
+        self.push_screen(builder, self._select_new)
 
     def _select_new(self, ref: str | None) -> None:
         if ref is not None:

@@ -8,6 +8,7 @@ the YAML files and `graft merge` accept exactly the same values.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class Draft:
 
     @property
     def output(self) -> Path:
-        return Path(self.out_dir or f"./{self.name}").expanduser()
+        return Path(self.out_dir.strip() or f"./{self.name.strip()}").expanduser()
 
     def problems(self) -> dict[str, str]:
         """Field key → what is wrong with it, for every field that cannot run as is.
@@ -102,10 +103,11 @@ class Draft:
                 problem = _float_problem(param, str(self.global_values.get(param.name, "")))
                 if problem:
                     out[global_key(param.name)] = problem
-        if not self.seed.strip().isdigit():
+        seed = _whole(self.seed)
+        if seed is None or seed < 0:
             out["seed"] = "must be a whole number ≥ 0"
-        rank = self.rank.strip()
-        if rank and not (rank.isdigit() and int(rank) >= 1):
+        rank = _whole(self.rank)
+        if self.rank.strip() and (rank is None or rank < 1):
             out["rank"] = "must be a whole number ≥ 1, or empty"
         name = self.name.strip()
         if not name or "@" in name or "/" in name:
@@ -155,14 +157,14 @@ class Draft:
     def command(self) -> str:
         """The `graft merge` line that runs this draft saved as NAME.yaml."""
         name = self.name.strip() or "NAME"
-        line = f"graft merge {name}.yaml --out {self.out_dir.strip() or f'./{name}'}"
+        words = ["graft", "merge", f"{name}.yaml", "--out", self.out_dir.strip() or f"./{name}"]
         if self.out_dir.strip():  # the name no longer follows from the folder
-            line += f" --name {name}"
+            words += ["--name", name]
         if self.seed.strip() not in ("", "0"):
-            line += f" --seed {self.seed.strip()}"
+            words += ["--seed", self.seed.strip()]
         if self.rank.strip():
-            line += f" --rank {self.rank.strip()}"
-        return line
+            words += ["--rank", self.rank.strip()]
+        return shlex.join(words)
 
 
 def _float_problem(param: Param, text: str) -> str | None:
@@ -174,6 +176,13 @@ def _float_problem(param: Param, text: str) -> str | None:
     except ValueError:
         return f"must be a number, not {text!r}"
     return param.check(value)
+
+
+def _whole(text: str) -> int | None:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
 
 
 def _number(text: str) -> float | int:

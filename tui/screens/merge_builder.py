@@ -67,8 +67,14 @@ class MergeBuilder(ModalScreen[str | None]):
             self.progress = progress
 
     def __init__(
-        self, store: Store, rows: list[ArtifactRow], current: ArtifactRow | None = None
+        self,
+        store: Store,
+        rows: list[ArtifactRow],
+        current: ArtifactRow | None = None,
+        parent: str | None = None,
     ) -> None:
+        """`current` is the artifact under the tree's cursor, `parent` the one it
+        is shown under (a merge's base, else its first parent)."""
         super().__init__()
         self.store = store
         self.rows = rows
@@ -77,7 +83,7 @@ class MergeBuilder(ModalScreen[str | None]):
         self.running = False
         self.preview = ""  # the YAML shown, with the equivalent command
         self._stop = threading.Event()
-        self._base, self._chosen = _starting_point(rows, current)
+        self._base, self._chosen = _starting_point(rows, current, parent)
 
     # Layout.
 
@@ -251,9 +257,9 @@ class MergeBuilder(ModalScreen[str | None]):
         await box.remove_children()
         for param in METHODS[self.method].global_params:
             key = global_key(param.name)
-            if param.kind == "bool":
-                self.values.setdefault(key, bool(param.default))
-                switch = Checkbox(param.name, bool(self.values[key]), name=key, compact=True)
+            if param.kind == "bool":  # only a switch the user flipped is in `values`
+                value = self.values.get(key, param.default)
+                switch = Checkbox(param.name, bool(value), name=key, compact=True)
                 switch.tooltip = param.doc
                 await box.mount(switch)
             else:
@@ -310,6 +316,8 @@ class MergeBuilder(ModalScreen[str | None]):
             return not self.running
         if action == "run":
             return None if self.running or self.draft().problems() else True
+        if action == "save":  # its prompt would sit over the builder when the merge ends
+            return None if self.running else True
         return True
 
     @on(Button.Pressed, "#run")
@@ -386,6 +394,8 @@ class MergeBuilder(ModalScreen[str | None]):
         if event.worker.group != "merge":
             return
         if event.state == WorkerState.SUCCESS:
+            if not self.is_active:  # e.g. the command palette is open over the builder
+                self.pop_until_active()
             self.dismiss(event.worker.result)
         elif event.state == WorkerState.ERROR:
             self.running = False
@@ -426,17 +436,17 @@ class SaveYaml(ModalScreen[Path | None]):
 
 
 def _starting_point(
-    rows: list[ArtifactRow], current: ArtifactRow | None
+    rows: list[ArtifactRow], current: ArtifactRow | None, parent: str | None
 ) -> tuple[str | None, tuple[str, ...]]:
     """Base and inputs to start from: the artifact under the cursor as an input over
-    its parent, or as the base when it has no parent."""
+    its parent (when that is a full model), or as the base when it is a model at a root."""
     if current is None:
         return None, ()
-    if not current.parents:
+    if parent is None and current.kind != "adapter":
         return current.ref, ()
     kinds = {r.ref: r.kind for r in rows}
-    parent = current.parents[0]
-    return (parent if kinds.get(parent, "adapter") != "adapter" else None), (current.ref,)
+    base = parent if parent is not None and kinds.get(parent, "adapter") != "adapter" else None
+    return base, (current.ref,)
 
 
 def _param_input(key: str, value: str, param: Param) -> Input:

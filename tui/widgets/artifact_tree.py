@@ -50,6 +50,28 @@ def matching(
     return keep
 
 
+def placed(
+    rows: Sequence[ArtifactRow], parent_of: Mapping[str, str | None], query: str
+) -> dict[str, str | None]:
+    """Where each row the filter keeps is shown: under its tree parent when that is
+    kept too, else at the root. A row no root leads to (a cycle, which the registry
+    refuses) is shown at the root as well, so every kept row appears exactly once."""
+    keep = matching(rows, parent_of, query)
+    under = {r.ref: parent_of.get(r.ref) for r in rows if r.ref in keep}
+    under = {ref: parent if parent in keep else None for ref, parent in under.items()}
+    children: dict[str | None, list[str]] = {}
+    for ref, parent in under.items():
+        children.setdefault(parent, []).append(ref)
+    reached: set[str] = set()
+    queue = deque(children.get(None, []))
+    while queue:
+        ref = queue.popleft()
+        if ref not in reached:
+            reached.add(ref)
+            queue.extend(children.get(ref, []))
+    return {ref: parent if ref in reached else None for ref, parent in under.items()}
+
+
 def opened_within(children: Mapping[str | None, Sequence[ArtifactRow]], budget: int) -> set[str]:
     """Refs to open, breadth first from the roots, while the nodes shown stay within `budget`."""
     shown = len(children.get(None, []))
@@ -90,8 +112,10 @@ class ArtifactTree(Vertical):
         self.rows: list[ArtifactRow] = []
         self.parent_of: dict[str, str | None] = {}
         self._children: dict[str | None, list[ArtifactRow]] = {}
+        self._placed: dict[str, str | None] = {}  # shown ref → the ref it is shown under
         self._open: set[str] = set()  # refs whose children are shown
-        self._user_open: set[str] = set()  # ... of those, the ones opened by hand
+        self._user_open: set[str] = set()  # opened by hand: stay open
+        self._user_closed: set[str] = set()  # closed by hand: stay closed, but for a filter
         self._announced: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -118,14 +142,15 @@ class ArtifactTree(Vertical):
     def rebuild(self) -> None:
         tree = self.tree_view
         current = self.current
-        keep = matching(self.rows, self.parent_of, self.filter_input.value)
-        # Each shown row under its tree parent (None: the roots), in row order.
+        query = self.filter_input.value.strip()
+        self._placed = placed(self.rows, self.parent_of, query)
         self._children = {}
         for r in self.rows:
-            if r.ref in keep:
-                main = self.parent_of.get(r.ref)
-                self._children.setdefault(main if main in keep else None, []).append(r)
+            if r.ref in self._placed:
+                self._children.setdefault(self._placed[r.ref], []).append(r)
         self._open = opened_within(self._children, INITIAL_NODES) | self._user_open
+        if not query:  # a filter opens the way to what it matches
+            self._open -= self._user_closed
         tree.clear()
         self._fill(tree.root, None)
         # Keep the cursor on the same artifact, else go to the first one shown.
@@ -159,6 +184,7 @@ class ArtifactTree(Vertical):
         if row is None:
             return
         self._user_open.add(row.ref)
+        self._user_closed.discard(row.ref)
         if not event.node.children:
             self._fill(event.node, row.ref)
 
@@ -167,6 +193,7 @@ class ArtifactTree(Vertical):
         event.stop()
         if event.node.data is not None:
             self._user_open.discard(event.node.data.ref)
+            self._user_closed.add(event.node.data.ref)
 
     def structure(self) -> dict[str, list[str]]:
         """Shown refs under each shown node ("" for the roots), for tests and scripts."""
@@ -183,11 +210,13 @@ class ArtifactTree(Vertical):
 
     def select_ref(self, ref: str) -> bool:
         """Move the cursor to `ref`, opening its ancestors; False when it is not shown."""
+        if ref not in self._placed:
+            return False
         path: list[str] = []
         at: str | None = ref
-        while at is not None and at not in path:
+        while at is not None:
             path.append(at)
-            at = self.parent_of.get(at)
+            at = self._placed[at]
         node: TreeNode[ArtifactRow] = self.tree_view.root
         for step in reversed(path):
             found = next((c for c in node.children if c.data and c.data.ref == step), None)

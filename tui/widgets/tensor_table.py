@@ -143,14 +143,24 @@ class TensorTable(ScrollView, can_focus=True):
 
     # The cursor.
 
-    def watch_cursor_row(self, old: int, new: int) -> None:
-        _, scroll_y = self.scroll_offset
-        visible = max(1, self.size.height - 1)  # rows below the header
-        if new < scroll_y:
-            self.scroll_to(y=new, animate=False)
-        elif new >= scroll_y + visible:
-            self.scroll_to(y=new - visible + 1, animate=False)
+    @property
+    def visible_rows(self) -> int:
+        """Rows between the header and the horizontal scrollbar, if any."""
+        return max(1, self.scrollable_size.height - 1)
+
+    def watch_cursor_row(self) -> None:
+        self._keep_cursor_visible()
         self.refresh()
+
+    def on_resize(self) -> None:
+        self._keep_cursor_visible()
+
+    def _keep_cursor_visible(self) -> None:
+        top = self.scroll_offset.y
+        if self.cursor_row < top:
+            self.scroll_to(y=self.cursor_row, animate=False)
+        elif self.cursor_row >= top + self.visible_rows:
+            self.scroll_to(y=self.cursor_row - self.visible_rows + 1, animate=False)
 
     def validate_cursor_row(self, row: int) -> int:
         return max(0, min(row, len(self.rows) - 1))
@@ -159,7 +169,7 @@ class TensorTable(ScrollView, can_focus=True):
         self.cursor_row += step
 
     def action_page(self, direction: int) -> None:
-        self.cursor_row += direction * max(1, self.size.height - 1)
+        self.cursor_row += direction * self.visible_rows
 
     def action_move_to(self, row: int) -> None:
         self.cursor_row = row if row >= 0 else len(self.rows) - 1
