@@ -145,6 +145,8 @@ async def test_builds_and_runs_a_ties_merge_of_two_adapters(
         assert app.screen is not screen  # dismissed on success
         current = app.query_one(ArtifactTree).current
         assert current is not None and current.ref == "soup@1"  # the new artifact, selected
+        [merged] = [n.message for n in app._notifications if n.title == "graft: merged"]
+        assert merged.startswith("soup@1: ") and "an adapter of rank 6" in merged
 
     total = seen[-1][1]
     assert seen[-1] == (total, total) and len(seen) > 2  # the bar advanced to the end

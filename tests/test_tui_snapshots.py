@@ -89,3 +89,10 @@ def test_tensors_tab(snap_compare: Any, demo_store: Path) -> None:
     assert snap_compare(
         app, terminal_size=SIZE, run_before=_on("tiny-llama-sft@1", "tensors-tab", keys=("tab",))
     )
+
+
+def test_add_dialog(snap_compare: Any, demo_store: Path) -> None:
+    app = GraftApp(demo_store, poll=False)
+    assert snap_compare(
+        app, terminal_size=SIZE, run_before=_on("tiny-llama@1", "layers-tab", ("a",))
+    )

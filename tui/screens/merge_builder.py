@@ -34,7 +34,7 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState
 
-from merge import MergeCancelled, merge_models, parse_config
+from merge import MergeCancelled, MergeOutcome, merge_models, parse_config
 from merge.executor import MergeProgress
 from merge.methods import METHODS, Param
 from registry import ArtifactRow, GraftError, Store
@@ -360,7 +360,7 @@ class MergeBuilder(ModalScreen[str | None]):
     # The merge, in a worker.
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="merge")
-    def run_merge(self, draft: Draft) -> str | None:
+    def run_merge(self, draft: Draft) -> MergeOutcome:
         config = parse_config(draft.document(), source="merge builder")
         percent = -1
 
@@ -371,7 +371,7 @@ class MergeBuilder(ModalScreen[str | None]):
                 percent = now
                 self.post_message(self.Progressed(p))
 
-        outcome = merge_models(
+        return merge_models(
             config,
             draft.output,
             store=self.store,
@@ -381,7 +381,6 @@ class MergeBuilder(ModalScreen[str | None]):
             on_progress=progress,
             should_cancel=self._stop.is_set,
         )
-        return None if outcome.manifest is None else outcome.manifest.ref
 
     def on_merge_builder_progressed(self, message: Progressed) -> None:
         p = message.progress
@@ -394,9 +393,12 @@ class MergeBuilder(ModalScreen[str | None]):
         if event.worker.group != "merge":
             return
         if event.state == WorkerState.SUCCESS:
+            outcome = event.worker.result
+            assert isinstance(outcome, MergeOutcome) and outcome.manifest is not None
+            self.app.notify(_summary(outcome), title="graft: merged")
             if not self.is_active:  # e.g. the command palette is open over the builder
                 self.pop_until_active()
-            self.dismiss(event.worker.result)
+            self.dismiss(outcome.manifest.ref)
         elif event.state == WorkerState.ERROR:
             self.running = False
             self.query_one("#form").disabled = False
@@ -464,6 +466,18 @@ def _param_input(key: str, value: str, param: Param) -> Input:
 
 def _preview(draft: Draft) -> str:
     return f"# {draft.command()}\n{draft.yaml()}"
+
+
+def _summary(outcome: MergeOutcome) -> str:
+    """What the new artifact is, for the notification after a merge."""
+    r = outcome.result
+    assert outcome.manifest is not None
+    text = f"{outcome.manifest.ref}: {r.tensors} tensors in {r.seconds:.1f} s, in {r.out_dir}"
+    if r.rank is not None:
+        text += f"; an adapter of rank {r.rank}"
+    if r.truncation_error is not None:
+        text += f" (largest relative SVD error {r.truncation_error:.2g})"
+    return text
 
 
 def _describe(error: BaseException | None) -> str:
