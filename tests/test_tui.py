@@ -211,6 +211,19 @@ async def test_fine_tune_details(store_path: Path) -> None:
         assert ("r", "Refresh") in app.screen.rows()  # type: ignore[attr-defined]
 
 
+async def test_a_merge_overview_names_each_input_with_its_weights(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        await _select(app, pilot, "demo-soup@1")
+        parents = app.query_one(Overview).fields["parents"].splitlines()
+        assert sorted(parents) == [
+            "lora-copy@1 (merge, role=input, weight=0.4, density=0.5)",
+            "tiny-llama-sft@1 (merge, role=input, weight=0.6, density=0.5)",
+            "tiny-llama@1 (merge, role=base)",
+        ]
+
+
 async def test_refresh_keeps_selection_and_fits_80x24(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=(80, 24)) as pilot:

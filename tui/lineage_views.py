@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from rich.table import Table
 from rich.text import Text
@@ -142,6 +142,11 @@ def _grid(
     return table
 
 
+def edge_params(params: Mapping[str, object]) -> str:
+    """How a parent was used, e.g. "role=input, weight=0.6, density=0.5"."""
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
 def log_tree(me: str, entries: list[LogEntry], *, children: bool) -> Tree:
     """Each entry hangs under the neighbour it was reached through."""
     tree = Tree(Text(me, style="bold"))
@@ -149,7 +154,7 @@ def log_tree(me: str, entries: list[LogEntry], *, children: bool) -> Tree:
     for e in entries:
         how = e.relation + (f" by {e.method}" if e.method else "")
         if e.params:
-            how += " (" + ", ".join(f"{k}={v}" for k, v in e.params.items()) + ")"
+            how += f" ({edge_params(e.params)})"
         arrow = "→" if children else "←"
         label = Text.assemble((e.ref, "bold"), f" ({e.kind}, {e.id[:12]}) {arrow} {how}")
         nodes[e.ref] = nodes.get(e.via, tree).add(label)

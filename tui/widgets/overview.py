@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Group
 from rich.filesize import decimal as human_size
@@ -12,6 +12,8 @@ from textual.widgets import Static
 
 from lineage import Touch
 from registry import ArtifactDetail
+from registry.ops import LineageStep
+from tui.lineage_views import edge_params
 
 
 class Overview(Static):
@@ -24,6 +26,7 @@ class Overview(Static):
     def show(self, detail: ArtifactDetail, touches: Sequence[Touch]) -> None:
         m = detail.manifest
         parents = [s for s in detail.ancestors if s.depth == 1]
+        used = {p.id: p.params for p in m.parents}  # a merge's role and weights per input
         fields = {
             "artifact": m.ref,
             "kind": m.kind,
@@ -32,7 +35,7 @@ class Overview(Static):
             "size": f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors",
             "created": m.created_at,
             "source": m.source or "-",
-            "parents": ", ".join(f"{p.ref} ({p.relation})" for p in parents) or "none",
+            "parents": "\n".join(_parent(p, used.get(p.id, {})) for p in parents) or "none",
             "children": ", ".join(detail.children) or "none",
         }
         if detail.shared:
@@ -51,3 +54,8 @@ class Overview(Static):
         for key, value in fields.items():
             table.add_row(key, Text(value))
         self.update(Group(table))
+
+
+def _parent(step: LineageStep, params: Mapping[str, object]) -> str:
+    how = f"{step.relation}, {edge_params(params)}" if params else step.relation
+    return f"{step.ref} ({how})"
