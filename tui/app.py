@@ -1,4 +1,5 @@
-"""`graft tui`: browse artifacts, their lineage and the layers each one touched.
+"""`graft tui`: browse artifacts, their lineage and the layers each one touched;
+add artifacts and build merges (the screens in `tui.screens`).
 
 Workers read the catalog (each read takes a short-lived connection) and post
 messages; the handlers here are the only code that changes widgets.
@@ -41,7 +42,7 @@ class Loaded:
 
 class GraftApp(App[None]):
     """Artifacts on the left; overview, touched layers and tensors of the selected one,
-    and what every artifact of a method touched."""
+    and what every artifact of a method touched. `a` adds an artifact, `b` builds a merge."""
 
     CSS_PATH = "app.tcss"
     TITLE = "graft"
