@@ -35,13 +35,18 @@ def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:
     """The tensor's values in its own dtype (one read of its blob)."""
     dtype = TORCH_DTYPES[record.dtype]
     data = bytearray(record.nbytes)  # read straight into the tensor's memory: no second copy
-    with open(store.blobs.path(record.blob), "rb") as f:
-        if f.readinto(data) != record.nbytes:
-            raise CorruptBlob(
-                f"blob {record.blob} of tensor {record.name} is shorter than its "
-                f"{record.nbytes} bytes",
-                "run `graft verify`",
-            )
+    try:
+        with open(store.blobs.path(record.blob), "rb") as f:
+            complete = f.readinto(data) == record.nbytes
+    except FileNotFoundError as e:
+        raise CorruptBlob(
+            f"blob {record.blob} of tensor {record.name} is missing", "run `graft verify`"
+        ) from e
+    if not complete:
+        raise CorruptBlob(
+            f"blob {record.blob} of tensor {record.name} is shorter than its {record.nbytes} bytes",
+            "run `graft verify`",
+        )
     if not data:
         return torch.empty(record.shape, dtype=dtype)
     return torch.frombuffer(data, dtype=dtype).reshape(record.shape)

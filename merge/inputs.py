@@ -19,7 +19,7 @@ import torch
 
 from lineage.hub import is_hub_ref, resolve_hub
 from lineage.tensors import TORCH_DTYPES, load_tensor
-from merge.errors import AdapterError, MergeConfigError
+from merge.errors import AdapterError, MergeConfigError, MergeInputError
 from merge.lora import LoraAdapter, check_base, fold, read_adapter
 from registry import ArtifactNotFound, Manifest, Store
 from registry.safetensors_header import DTYPE_BITS, FLOAT_DTYPES, SafetensorsHeader
@@ -221,7 +221,13 @@ class FileSpanTensor:
 def _read_exact(path: Path, offset: int, nbytes: int, what: str) -> bytearray:
     """`nbytes` at `offset`, read straight into the buffer a tensor will use."""
     data = bytearray(nbytes)
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:  # e.g. a blob deleted from a damaged store
+        raise MergeInputError(
+            f"{path}: cannot read {what} ({e.strerror})",
+            "run `graft verify` if it is in the store, then re-add what it reports",
+        ) from e
     try:
         got = os.preadv(fd, [data], offset) if nbytes else 0
     finally:

@@ -167,12 +167,17 @@ def _adapter_inputs(config: MergeConfig, opened: dict[str, ModelSource]) -> _Ada
     base = opened.get(config.base) if config.base is not None else None
     if not any(kinds.values()) and not (base is not None and is_adapter(base)):
         return None
-    plain = next((ref for ref, adapter in kinds.items() if not adapter), None)
-    if plain is not None or (base is not None and is_adapter(base)):
-        ref = plain if plain is not None else config.base
-        what = "is a full model" if plain is not None else "is a LoRA adapter"
+    plain = [ref for ref, adapter in kinds.items() if not adapter]
+    if plain or (base is not None and is_adapter(base)):
+        adapters = [ref for ref, adapter in kinds.items() if adapter]
+        problem = (
+            f"the inputs mix full models ({', '.join(plain)}) and LoRA adapters "
+            f"({', '.join(adapters)})"
+            if plain
+            else f"base_model {config.base!r} is a LoRA adapter"
+        )
         raise MergeConfigError(
-            f"model {ref!r} {what}, but the other inputs are not",
+            problem,
             "merge full models (write BASE+ADAPTER to fold an adapter in), or LoRA "
             "adapters with base_model naming their base",
         )

@@ -522,7 +522,10 @@ def test_adapters_and_models_do_not_mix(tmp_path: Path) -> None:
         models=[{"model": str(SAMPLES / "lora-copy")}, {"model": SFT}],
         parameters={"weight": 1},
     )
-    with pytest.raises(MergeConfigError, match="is a full model, but the other inputs are not"):
+    with pytest.raises(
+        MergeConfigError,
+        match=r"mix full models \(.*tiny-llama-sft\) and LoRA adapters \(.*lora-copy\)",
+    ):
         build_plan(parse_config(doc), None)
     slerp = config(
         merge_method="slerp",
@@ -647,3 +650,11 @@ def test_cli_shard_size_is_parsed_and_checked(graft: Callable[..., Result], tmp_
     )
     bad = graft("merge", path, "--out", tmp_path / "x", "--out-shard-size", "lots", code=2)
     assert "'lots' is not a size like 500MB or 2GB" in bad.stderr
+
+
+def test_an_unreadable_input_file_is_a_merge_error(tmp_path: Path) -> None:
+    from merge.errors import MergeInputError
+    from merge.inputs import _read_exact
+
+    with pytest.raises(MergeInputError, match=r"missing: cannot read a tensor .*graft verify"):
+        _read_exact(tmp_path / "missing", 0, 4, "a tensor")

@@ -187,6 +187,7 @@ async def test_an_unknown_parent_shows_the_graft_error_and_registers_nothing(
         assert "nobody@1" in message and "\n" not in message
         assert dialog.query_one("#message").has_class("-error")
         assert not dialog.busy and not dialog.query_one("#add", Button).disabled
+        assert dialog.query_one("#parent").has_focus  # back where the user was, to fix it
         assert not [n for n in app._notifications if n.severity == "error"]
         region = dialog.query_one("#message").region
         assert Region(0, 0, 80, 24).contains_region(region)
@@ -264,7 +265,7 @@ async def test_help_lists_the_app_keys_and_closes(seeded: Store) -> None:
             assert isinstance(app.screen, HelpScreen)
             rows = app.screen.rows()
             assert ("a", "Add") in rows and ("r", "Refresh") in rows and ("?", "Help") in rows
-            assert ("tab", "next panel") in rows
+            assert ("tab", "next panel; on the tab bar ←/→ switch tabs") in rows
             keys = str(app.screen.query_one("#help-keys", Static).render())
             assert "Add" in keys and "Refresh" in keys
             await pilot.press(close)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +14,13 @@ import yaml
 from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, SelectionList, Static
 
 import lineage
+import registry
 from merge import load_config
 from registry import Store, list_artifacts
 from tui.app import GraftApp
 from tui.merge_draft import Draft
 from tui.screens import merge_builder
-from tui.screens.merge_builder import MergeBuilder
+from tui.screens.merge_builder import MergeBuilder, SaveYaml
 from tui.widgets import ArtifactTree
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
@@ -249,22 +251,42 @@ async def test_cancelling_a_running_merge_leaves_nothing(
     assert not [p for p in store_path.parent.iterdir() if "soup" in p.name]
 
 
-async def test_a_failing_merge_is_shown_and_registers_nothing(store_path: Path) -> None:
+async def test_mixing_models_and_adapters_is_refused_before_running(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="lora-copy@1")
         await _ties_of_two_adapters(screen, pilot)
-        # A full model among adapter inputs cannot be merged.
         screen.query_one("#inputs", SelectionList).select("tiny-llama-sft@1")
         await pilot.pause()
         await _type(pilot, _field(screen, "tiny-llama-sft@1.density"), "0.5")
+        problems = screen.draft().problems()
+        assert problems == {"inputs": "pick only full models, or only LoRA adapters"}
+        assert screen.query_one("#run", Button).disabled
+        assert screen.check_action("save", ()) is None  # a config that cannot run is not saved
+
+
+async def test_a_failing_merge_is_shown_and_registers_nothing(store_path: Path) -> None:
+    # A damaged store: one of lora-reverse's tensors has lost its blob.
+    store = Store.open(store_path)
+    manifest = registry.show(store, "lora-reverse@1").manifest
+    _, tensor = manifest.tensors[0]
+    store.blobs.path(tensor.blob).unlink()
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
         assert screen.draft().problems() == {}
+        name = _field(screen, "name")
+        assert name.has_focus
         await pilot.press("ctrl+r")
         await _settle(app, pilot)
         assert app.screen is screen and not screen.running
         status = str(screen.query_one("#status", Static).render())
-        assert "merge failed" in status and "tiny-llama-sft@1" in status
+        missing = f"merge failed: blob {tensor.blob} of tensor {tensor.name} is missing"
+        assert status.startswith(missing), status
+        assert "graft verify" in status
         assert not screen.query_one("#run", Button).disabled  # fix and try again
+        assert name.has_focus  # where the user was
     assert len(list_artifacts(Store.open(store_path))) == 4
     assert not (store_path.parent / "soup").exists()
 
@@ -283,6 +305,17 @@ async def test_save_writes_the_yaml_that_graft_merge_reads(store_path: Path) -> 
         await pilot.pause()
         assert app.screen is screen
         assert "saved soup.yaml" in str(screen.query_one("#status", Static).render())
+        # Saving again over the file asks first: one enter warns, the second replaces.
+        saved = store_path.parent / "soup.yaml"
+        saved.write_text("# mine\n")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, SaveYaml) and saved.read_text() == "# mine\n"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen and saved.read_text() != "# mine\n"
     saved = store_path.parent / "soup.yaml"
     document = yaml.safe_load(saved.read_text())
     assert document["parameters"] == {"lambda": 0.8}
@@ -348,6 +381,19 @@ async def test_the_builder_opens_on_an_adapter_without_a_parent(tmp_path: Path) 
         assert screen.draft().problems()["base"] == "ties needs a base model"
 
 
+async def test_the_first_b_loads_the_merge_engine_then_opens(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "tui.screens.merge_builder")  # as in a fresh `graft tui`
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("b")
+        await _settle(app, pilot)
+        assert type(app.screen).__name__ == "MergeBuilder"
+        assert any(n.message == "loading the merge engine…" for n in app._notifications)
+
+
 async def test_escape_closes_the_builder_when_idle(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -373,7 +419,7 @@ def test_draft_checks_come_from_the_method_registry(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "f").write_text("x")
     taken = Draft("ties", "b", ("x",), {"x.weight": "1"}, name="n", out_dir=str(tmp_path / "taken"))
-    assert "already exists" in taken.problems()["out_dir"]
+    assert "already exists" in taken.problems()["folder"]
     elsewhere = Draft("ties", "b", ("x",), {}, seed="3", name="n", out_dir="/x/y")
     assert elsewhere.command() == "graft merge n.yaml --out /x/y --name n --seed 3"
     spaced = Draft("ties", "b", ("x",), {"x.weight": "1"}, name="my soup ", out_dir=" ")

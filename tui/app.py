@@ -7,6 +7,7 @@ messages; the handlers here are the only code that changes widgets.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +28,6 @@ from tui.screens.help import HelpScreen
 from tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
 
 REFRESH_SECONDS = 5.0
-WARM_UP_SECONDS = 1.0  # after the first screen, not competing with it
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,6 @@ class GraftApp(App[None]):
         self.load_artifacts()
         if self.poll:
             self.set_interval(REFRESH_SECONDS, self._poll)
-        self.set_timer(WARM_UP_SECONDS, self.warm_up_merge_engine)
 
     def _poll(self) -> None:
         """The timer's refresh, skipped while a load still runs: a slow catalog read
@@ -112,11 +111,6 @@ class GraftApp(App[None]):
             self.load_artifacts()
 
     # Workers: they read, never touch widgets, and post what they found.
-
-    @work(thread=True, exit_on_error=False, group="warm-up")
-    def warm_up_merge_engine(self) -> None:
-        """Import the merge engine (torch: a second or two) before `b` needs it."""
-        import tui.screens.merge_builder  # noqa: F401
 
     def store(self) -> Store:
         if self._store is None:
@@ -253,7 +247,14 @@ class GraftApp(App[None]):
         self.push_screen(dialog, self._select_new)
 
     def action_build_merge(self) -> None:
-        from tui.screens.merge_builder import MergeBuilder  # loads torch (warmed up on mount)
+        if "tui.screens.merge_builder" not in sys.modules:  # the first time: torch loads
+            self.notify("loading the merge engine…", timeout=3)
+            self.call_after_refresh(self._open_builder)  # so that the notice shows first
+        else:
+            self._open_builder()
+
+    def _open_builder(self) -> None:
+        from tui.screens.merge_builder import MergeBuilder  # imports torch: only when asked
 
         tree = self.query_one(ArtifactTree)
         current = tree.current

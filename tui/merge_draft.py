@@ -52,6 +52,7 @@ class Draft:
     name: str = ""
     out_dir: str = ""  # empty: ./NAME
     dtype: str | None = None
+    kinds: Mapping[str, str] = field(default_factory=dict)  # ref → artifact kind, if known
 
     @property
     def spec(self) -> Method:
@@ -69,7 +70,7 @@ class Draft:
     def problems(self) -> dict[str, str]:
         """Field key → what is wrong with it, for every field that cannot run as is.
 
-        Keys: "base", "inputs", "seed", "name", "out_dir", `input_key(...)` and
+        Keys: "base", "inputs", "seed", "rank", "name", "folder", `input_key(...)` and
         `global_key(...)`.
         """
         out: dict[str, str] = {}
@@ -80,6 +81,9 @@ class Draft:
         if count == 0:
             out["inputs"] = "choose the models or adapters to merge"
         else:
+            adapters = [r for r in self.inputs if self.kinds.get(r) == "adapter"]
+            if adapters and len(adapters) < count:
+                out["inputs"] = "pick only full models, or only LoRA adapters"
             problem = method.check_input_count(count)
             if problem:
                 out["inputs"] = problem
@@ -113,7 +117,7 @@ class Draft:
         if not name or "@" in name or "/" in name:
             out["name"] = "name the new artifact (no @ or /)"
         elif self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
-            out["out_dir"] = f"{self.output} already exists: choose another folder"
+            out["folder"] = f"{self.output} already exists: choose another name or folder"
         return out
 
     def document(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
+from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
@@ -104,6 +105,7 @@ class AddDialog(ModalScreen[str | None]):
         self.methods = suggested_methods(methods)
         self.busy = False
         self.path_ok = False
+        self._focused: Widget | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog") as dialog:
@@ -204,6 +206,8 @@ class AddDialog(ModalScreen[str | None]):
     def on_add_dialog_failed(self, message: Failed) -> None:
         self._set_busy(False)
         self._show_message(str(message.error), error=True)
+        if self._focused is not None:  # where the user was, to fix what was wrong
+            self._focused.focus()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         event.stop()  # the app would notify the same error
@@ -258,6 +262,7 @@ class AddDialog(ModalScreen[str | None]):
         if self.busy or not self.path_ok:
             return
         request = self.request()
+        self._focused = self.focused  # disabled fields lose the focus
         self._set_busy(True)
         self.query_one(ProgressBar).update(total=None, progress=0)
         self._show_message(f"adding {request.path}… (cannot be interrupted)")

@@ -16,7 +16,7 @@ from textual.widgets import Footer, Static
 TREE_KEYS = (
     ("↑/↓", "move in the tree"),
     ("space/enter", "open or close a node"),
-    ("tab", "next panel"),
+    ("tab", "next panel; on the tab bar ←/→ switch tabs"),
 )
 PANELS = (
     "Left: every artifact under the parent it came from (a merge under its base).\n"

@@ -20,6 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import (
     Button,
     Checkbox,
@@ -83,6 +84,7 @@ class MergeBuilder(ModalScreen[str | None]):
         self.running = False
         self.preview = ""  # the YAML shown, with the equivalent command
         self._stop = threading.Event()
+        self._focused: Widget | None = None
         self._base, self._chosen = _starting_point(rows, current, parent)
 
     # Layout.
@@ -126,7 +128,7 @@ class MergeBuilder(ModalScreen[str | None]):
                 with Horizontal(classes="row"):
                     yield Label("Rank", classes="field")
                     yield Input(
-                        placeholder="adapter merges only; empty: the inputs' total",
+                        placeholder="adapters only; empty: exact",
                         id="rank",
                         name="rank",
                         compact=True,
@@ -138,7 +140,7 @@ class MergeBuilder(ModalScreen[str | None]):
                     )
                 with Horizontal(classes="row"):
                     yield Label("Folder", classes="field")
-                    yield Input(placeholder="./NAME", id="out-dir", name="out_dir", compact=True)
+                    yield Input(placeholder="./NAME", id="out-dir", name="folder", compact=True)
             with Vertical(id="side"):
                 with VerticalScroll(id="yaml-scroll"):
                     yield Static(id="yaml")
@@ -183,6 +185,7 @@ class MergeBuilder(ModalScreen[str | None]):
             name=self.query_one("#name", Input).value,
             out_dir=self.query_one("#out-dir", Input).value,
             dtype=dtype if isinstance(dtype, str) else None,
+            kinds={r.ref: r.kind for r in self.rows},
         )
 
     # Rebuilding the parts of the form that depend on the method, base and inputs.
@@ -219,6 +222,8 @@ class MergeBuilder(ModalScreen[str | None]):
         for ref in chosen:
             if ref != base:
                 inputs.select(ref)
+        if inputs.option_count:
+            inputs.highlighted = 0  # so that space picks at once
 
     async def _show_input_params(self, *, rebuild: bool = False) -> None:
         """A block of parameter fields per chosen input, in merge order.
@@ -316,8 +321,9 @@ class MergeBuilder(ModalScreen[str | None]):
             return not self.running
         if action == "run":
             return None if self.running or self.draft().problems() else True
-        if action == "save":  # its prompt would sit over the builder when the merge ends
-            return None if self.running else True
+        if action == "save":  # not while running (its prompt would sit over the builder
+            # when the merge ends), nor with problems (fields with one are left out)
+            return None if self.running or self.draft().problems() else True
         return True
 
     @on(Button.Pressed, "#run")
@@ -326,6 +332,7 @@ class MergeBuilder(ModalScreen[str | None]):
         if self.running or draft.problems():
             return
         self.running = True
+        self._focused = self.focused  # given back if the merge fails or is cancelled
         self._stop.clear()
         self.query_one("#form").disabled = True
         bar = self.query_one("#progress", ProgressBar)
@@ -344,6 +351,8 @@ class MergeBuilder(ModalScreen[str | None]):
 
     def action_save(self) -> None:
         draft = self.draft()
+        if self.running or draft.problems():
+            return
 
         def save(path: Path | None) -> None:
             if path is None:
@@ -395,7 +404,7 @@ class MergeBuilder(ModalScreen[str | None]):
         if event.state == WorkerState.SUCCESS:
             outcome = event.worker.result
             assert isinstance(outcome, MergeOutcome) and outcome.manifest is not None
-            self.app.notify(_summary(outcome), title="graft: merged")
+            self.app.notify(_summary(outcome, self.draft().name.strip()), title="graft: merged")
             if not self.is_active:  # e.g. the command palette is open over the builder
                 self.pop_until_active()
             self.dismiss(outcome.manifest.ref)
@@ -409,6 +418,8 @@ class MergeBuilder(ModalScreen[str | None]):
             else:
                 self._status(Text(f"merge failed: {_describe(error)}", style="red"))
             self._show_state()
+            if self._focused is not None:
+                self._focused.focus()
 
     def on_unmount(self) -> None:
         self._stop.set()  # leaving the app stops a running merge at the next tensor
@@ -418,23 +429,33 @@ class MergeBuilder(ModalScreen[str | None]):
 
 
 class SaveYaml(ModalScreen[Path | None]):
-    """Ask where to save the YAML (enter saves, esc does not)."""
+    """Ask where to save the YAML (enter saves, esc does not); an existing file is
+    replaced only when enter is pressed again on the same path."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Don't save")]
 
     def __init__(self, suggested: Path) -> None:
         super().__init__()
         self.suggested = suggested
+        self._confirmed: Path | None = None  # the existing file enter was pressed on
 
     def compose(self) -> ComposeResult:
         with Vertical(id="save-box"):
-            yield Label("Save the merge config as (enter to save, esc to go back)")
+            yield Label("Save the merge config as (enter to save, esc to go back)", id="save-ask")
             yield Input(str(self.suggested), id="save-path")
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
-        if event.value.strip():
-            self.dismiss(Path(event.value.strip()).expanduser())
+        if not event.value.strip():
+            return
+        path = Path(event.value.strip()).expanduser()
+        if path.exists() and path != self._confirmed:
+            self._confirmed = path
+            self.query_one("#save-ask", Label).update(
+                f"{path} exists: enter again to replace it, or change the name"
+            )
+            return
+        self.dismiss(path)
 
 
 def _starting_point(
@@ -468,11 +489,14 @@ def _preview(draft: Draft) -> str:
     return f"# {draft.command()}\n{draft.yaml()}"
 
 
-def _summary(outcome: MergeOutcome) -> str:
+def _summary(outcome: MergeOutcome, name: str) -> str:
     """What the new artifact is, for the notification after a merge."""
     r = outcome.result
-    assert outcome.manifest is not None
-    text = f"{outcome.manifest.ref}: {r.tensors} tensors in {r.seconds:.1f} s, in {r.out_dir}"
+    m = outcome.manifest
+    assert m is not None
+    text = f"{m.ref}: {r.tensors} tensors in {r.seconds:.1f} s, in {r.out_dir}"
+    if m.name != name:  # the registry keeps the first name of identical content
+        text += f"; identical to {m.ref}, already registered, so not named {name}"
     if r.rank is not None:
         text += f"; an adapter of rank {r.rank}"
     if r.truncation_error is not None:

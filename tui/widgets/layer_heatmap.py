@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -98,13 +98,11 @@ class LayerHeatmap(Static):
     def _style(self, value: float | None) -> str:
         return heat_style(self.app.get_css_variables(), value)
 
-    def _render_grid(self) -> Table | Text:
+    def _render_grid(self) -> Group | Text:
         g = self.grid
         if not g.values:
             return Text(f"{self.caption}\n\nno recorded changes against a parent", style="dim")
-        table = Table(
-            title=self.caption, title_justify="left", box=None, header_style="bold", pad_edge=False
-        )
+        table = Table(box=None, header_style="bold", pad_edge=False)
         table.add_column("LAYER", justify="right")
         for _, module in g.columns:
             table.add_column(module, justify="center")
@@ -116,4 +114,5 @@ class LayerHeatmap(Static):
                 else:
                     out.append(Text(cell, style=self._style(g.values[(layer, block, module)])))
             table.add_row(*out)
-        return unsqueezed(table, self.app.console)
+        # The caption above the table, not its title: a title wraps to the table's width.
+        return Group(Text(self.caption, style="italic"), unsqueezed(table, self.app.console))

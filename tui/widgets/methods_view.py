@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import on
@@ -90,19 +91,13 @@ class MethodsView(Vertical):
         """The layers any of the method's artifacts changed, in grid order."""
         return sorted({layer for layer, _ in self.counts()}, key=lambda x: (x is not None, x or 0))
 
-    def _render_grid(self) -> Table | Text:
+    def _render_grid(self) -> Group | Text:
         assert self.touches is not None
         cells = {(c.layer, c.block, c.module): c for c in self.touches.cells}
         if not cells:
             return Text("\nno recorded changes against a parent", style="dim")
         columns = module_columns(cells)
-        table = Table(
-            title="changed by n artifacts × mean rel. change (· untouched)",
-            title_justify="left",
-            box=None,
-            header_style="bold",
-            pad_edge=False,
-        )
+        table = Table(box=None, header_style="bold", pad_edge=False)
         table.add_column("LAYER", justify="right")
         for _, module in columns:
             table.add_column(module, justify="center")
@@ -118,4 +113,5 @@ class MethodsView(Vertical):
                     style = heat_style(variables, cell.mean_rel_change)
                     row.append(Text(f"{cell.artifacts}×{mean}", style=style))
             table.add_row(*row)
-        return unsqueezed(table, self.app.console)
+        legend = Text("changed by n artifacts × mean rel. change (· untouched)", style="italic")
+        return Group(legend, unsqueezed(table, self.app.console))
