@@ -26,8 +26,9 @@ from lineage.names import adapter_key
 from registry import Manifest
 
 # The change and the name first: a narrow pane cuts the dtype, shape and size.
-COLUMNS = ("changed", "rel. change", "tensor", "shape", "dtype", "size")
-RIGHT_ALIGNED = {1, 5}
+# "change" is the relative change, else the status (added, reshaped...), else "·".
+COLUMNS = ("change", "tensor", "shape", "dtype", "size")
+RIGHT_ALIGNED = {0, 4}
 GAP = 2
 UNCHANGED = "·"
 
@@ -86,12 +87,13 @@ class TensorTable(ScrollView, can_focus=True):
                 touch = by_name.get(key.base_tensor)
             changed.append(touch is not None)
             if touch is None:
-                status, rel = UNCHANGED, ""
+                change = UNCHANGED
+            elif touch.rel_change is None:
+                change = touch.status
             else:
-                status = touch.status
-                rel = "" if touch.rel_change is None else format(touch.rel_change, ".3g")
+                change = format(touch.rel_change, ".3g")
             shape = "×".join(map(str, t.shape)) or "scalar"
-            rows.append((status, rel, t.name, shape, t.dtype, human_size(t.nbytes)))
+            rows.append((change, t.name, shape, t.dtype, human_size(t.nbytes)))
         self.rows, self.changed = rows, changed
         self._widths = [
             max([len(COLUMNS[i]), *(len(row[i]) for row in rows)]) for i in range(len(COLUMNS))
