@@ -16,6 +16,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent
 
+import tui.screens.merge_builder  # noqa: F401  loaded, so `b` shows no "loading" notice
 from registry import Store
 from tui.app import GraftApp
 from tui.demo import populate
