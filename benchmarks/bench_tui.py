@@ -96,6 +96,20 @@ async def until(check: Callable[[], bool], what: str, interval: float = POLL_S) 
         await asyncio.sleep(interval)
 
 
+async def keys_down(app: GraftApp, presses: int, position: Callable[[], int], what: str) -> float:
+    """Seconds for `presses` down keys as a terminal delivers them: each key event
+    posted once the previous one has moved `position` (from 0) one step on."""
+    t0 = time.perf_counter()
+    for step in range(1, presses + 1):
+
+        def moved(step: int = step) -> bool:
+            return position() == step
+
+        app.post_message(events.Key("down", None))
+        await until(moved, what, interval=0)
+    return time.perf_counter() - t0
+
+
 def first_screen_shown(app: GraftApp) -> bool:
     """The tree lists the catalog, the cursor on its first artifact."""
     return app.rows is not None and app.query_one(ArtifactTree).current is not None
@@ -123,16 +137,8 @@ async def tui_round(store_path: Path, n_artifacts: int, presses: int, pilot_pres
         tree = app.query_one(ArtifactTree).tree_view
         if tree.cursor_line != 0:
             raise SystemExit(f"bench: cursor starts on line {tree.cursor_line}, not 0")
-        # As a terminal delivers them: a key event, handled when the cursor has moved.
         t1 = time.perf_counter()
-        for line in range(1, presses + 1):
-
-            def moved(line: int = line) -> bool:
-                return tree.cursor_line == line
-
-            app.post_message(events.Key("down", None))
-            await until(moved, "the cursor", interval=0)
-        keys = time.perf_counter() - t1
+        keys = await keys_down(app, presses, lambda: tree.cursor_line, "the tree cursor")
         await settle()
         idle = time.perf_counter() - t1
         # Pilot waits after each key until the process is idle, detail loads included.
@@ -199,15 +205,7 @@ async def tensors_round(store_path: Path, n_tensors: int, presses: int) -> tuple
         fill = time.perf_counter() - t0
         if table.row_count != n_tensors:
             raise SystemExit(f"bench: the table holds {table.row_count} rows, not {n_tensors}")
-        t1 = time.perf_counter()
-        for row in range(1, presses + 1):
-
-            def moved(row: int = row) -> bool:
-                return table.cursor_row == row
-
-            app.post_message(events.Key("down", None))
-            await until(moved, "the table cursor", interval=0)
-        return fill, time.perf_counter() - t1
+        return fill, await keys_down(app, presses, lambda: table.cursor_row, "the table cursor")
 
 
 @dataclass

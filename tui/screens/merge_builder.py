@@ -79,6 +79,8 @@ class MergeBuilder(ModalScreen[str | None]):
         super().__init__()
         self.store = store
         self.rows = rows
+        self._kinds = {r.ref: r.kind for r in rows}
+        self._ready = False  # the form as last checked by `_show_state` has no problems
         self.values: dict[str, str | bool] = {}  # parameter field key → text or switch
         self._input_blocks: dict[str, Vertical] = {}  # the chosen inputs' fields
         self.running = False
@@ -185,7 +187,7 @@ class MergeBuilder(ModalScreen[str | None]):
             name=self.query_one("#name", Input).value,
             out_dir=self.query_one("#out-dir", Input).value,
             dtype=dtype if isinstance(dtype, str) else None,
-            kinds={r.ref: r.kind for r in self.rows},
+            kinds=self._kinds,
         )
 
     # Rebuilding the parts of the form that depend on the method, base and inputs.
@@ -309,7 +311,8 @@ class MergeBuilder(ModalScreen[str | None]):
         )
         self.preview = _preview(draft)
         self.query_one("#yaml", Static).update(Syntax(self.preview, "yaml", word_wrap=True))
-        self.query_one("#run", Button).disabled = self.running or bool(problems)
+        self._ready = not problems
+        self.query_one("#run", Button).disabled = self.running or not self._ready
         self.refresh_bindings()
 
     # Actions.
@@ -319,11 +322,9 @@ class MergeBuilder(ModalScreen[str | None]):
             return self.running
         if action == "close":
             return not self.running
-        if action == "run":
-            return None if self.running or self.draft().problems() else True
-        if action == "save":  # not while running (its prompt would sit over the builder
-            # when the merge ends), nor with problems (fields with one are left out)
-            return None if self.running or self.draft().problems() else True
+        if action in ("run", "save"):  # save: not while running (its prompt would sit
+            # over the builder when the merge ends), nor with problems (left out of the YAML)
+            return None if self.running or not self._ready else True
         return True
 
     @on(Button.Pressed, "#run")

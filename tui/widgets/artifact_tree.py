@@ -222,9 +222,7 @@ class ArtifactTree(Vertical):
             found = next((c for c in node.children if c.data and c.data.ref == step), None)
             if found is None:
                 return False
-            if step != ref and not found.is_expanded:
-                self._open.add(step)
-                self._user_open.add(step)
+            if step != ref and not found.is_expanded:  # `_expanded` records it as opened
                 if not found.children:
                     self._fill(found, step)
                 found.expand()
