@@ -18,6 +18,12 @@ from tui.cli import cli
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 
 
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """The event loop for the TUI's async tests (`pytest.mark.anyio`)."""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -26,11 +26,6 @@ SIZE = (100, 30)
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture
 def seeded(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
     """The test's own store (conftest sets GRAFT_STORE) holding tiny-llama@1; paths

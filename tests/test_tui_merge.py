@@ -28,11 +28,6 @@ SIZE = (80, 24)  # the smallest terminal the builder must work in
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture
 def store_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A store with the base, two LoRA adapters and the fine-tune; outputs go to tmp_path."""
