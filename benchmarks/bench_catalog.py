@@ -63,8 +63,8 @@ from typing import Any
 import duckdb
 from common import graft_command, log, machine_line, print_table
 
-import lineage
-from registry import Store
+from graft import lineage
+from graft.registry import Store
 
 GOAL_MS = 200.0  # `graft touched --method M` and `graft log`, each
 SEED = 1234

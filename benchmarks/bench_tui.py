@@ -61,12 +61,12 @@ from common import log, machine_line, print_table
 from textual import events
 from textual.widgets import TabbedContent
 
-import registry
-from lineage import Touch
-from registry import Store
-from registry.manifest import FileRecord, Manifest, TensorRecord
-from tui.app import GraftApp
-from tui.widgets import ArtifactTree, TensorTable
+from graft import registry
+from graft.lineage import Touch
+from graft.registry import Store
+from graft.registry.manifest import FileRecord, Manifest, TensorRecord
+from graft.tui.app import GraftApp
+from graft.tui.widgets import ArtifactTree, TensorTable
 
 GOAL_S = 1.0  # first screen
 SIZE = (100, 30)

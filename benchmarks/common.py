@@ -26,7 +26,7 @@ def graft_command(arg: str | None) -> list[str]:
     found = shutil.which("graft")
     if found:
         return [found]
-    return [sys.executable, "-c", "from tui.cli import main; main()"]
+    return [sys.executable, "-c", "from graft.tui.cli import main; main()"]
 
 
 def machine_line(workdir: Path, *, extra: str = "") -> str:

@@ -3,14 +3,14 @@
 Computing deltas needs torch (`lineage.deltas`); importing this package does not.
 """
 
-from lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
-from lineage.infer import ParentGuesser, Suggestion, guess_parent
-from lineage.log import LogEntry, base_parents, log
-from lineage.names import AdapterKey, Place, adapter_key, place_of
-from lineage.record import ensure_deltas, recompute
-from lineage.register import register
-from lineage.sql import QueryResult, SqlError, export_catalog, run_sql
-from lineage.touched import (
+from graft.lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
+from graft.lineage.infer import ParentGuesser, Suggestion, guess_parent
+from graft.lineage.log import LogEntry, base_parents, log
+from graft.lineage.names import AdapterKey, Place, adapter_key, place_of
+from graft.lineage.record import ensure_deltas, recompute
+from graft.lineage.register import register
+from graft.lineage.sql import QueryResult, SqlError, export_catalog, run_sql
+from graft.lineage.touched import (
     MethodTouches,
     Touch,
     TouchCell,

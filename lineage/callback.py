@@ -18,8 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from lineage.register import register
-from registry import GraftError, Store
+from graft.lineage.register import register
+from graft.registry import GraftError, Store
 
 logger = logging.getLogger(__name__)
 

@@ -23,17 +23,17 @@ from typing import Any, Literal
 
 import torch
 
-from lineage.adapter_config import lora_scale
-from lineage.names import Place, adapter_key, place_of
-from lineage.tensors import (
+from graft.lineage.adapter_config import lora_scale
+from graft.lineage.names import Place, adapter_key, place_of
+from graft.lineage.tensors import (
     FLOAT_DTYPES,
     TORCH_DTYPES,
     companion_json,
     load_f32,
     tensors_by_name,
 )
-from registry import Manifest, Store, TensorRecord
-from registry.safetensors_header import DTYPE_BITS
+from graft.registry import Manifest, Store, TensorRecord
+from graft.registry.safetensors_header import DTYPE_BITS
 
 Status = Literal["identical", "changed", "reshaped", "added", "removed"]
 POWER_ITERATIONS = 12

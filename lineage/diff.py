@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lineage.names import base_tensor_of
-from lineage.record import record_deltas
-from registry import ArtifactNotFound, GraftError, Manifest, Store
+from graft.lineage.names import base_tensor_of
+from graft.lineage.record import record_deltas
+from graft.registry import ArtifactNotFound, GraftError, Manifest, Store
 
 
 class NothingInCommon(GraftError, ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from registry import InvalidArtifact
+from graft.registry import InvalidArtifact
 
 PREFIX = "hf:"
 # What graft stores of a repo: weights in safetensors and the files that load them.

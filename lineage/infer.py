@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lineage.names import adapter_key
-from registry import FileRecord, Store, TensorRecord
-from registry.safetensors_header import FLOAT_DTYPES
+from graft.lineage.names import adapter_key
+from graft.registry import FileRecord, Store, TensorRecord
+from graft.registry.safetensors_header import FLOAT_DTYPES
 
 SAMPLE_BYTES = 4096
 SAMPLED_TENSORS = 16
@@ -149,7 +149,7 @@ def _distance(store: Store, mine: str, theirs: str, dtype: str) -> float:
     """‖a − b‖ / ‖b‖ over the first few KB of two blobs."""
     import torch  # only inference without exact evidence needs it
 
-    from lineage.tensors import TORCH_DTYPES
+    from graft.lineage.tensors import TORCH_DTYPES
 
     a, b = (_head(store, key) for key in (mine, theirs))
     n = min(len(a), len(b)) // torch.empty((), dtype=TORCH_DTYPES[dtype]).element_size()

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry import Store
+from graft.registry import Store
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from registry import Store
-from registry.catalog import Connection, bulk_insert
+from graft.registry import Store
+from graft.registry.catalog import Connection, bulk_insert
 
 
 def missing_pairs(store: Store, artifact_ids: list[str]) -> list[tuple[str, str]]:
@@ -45,7 +45,7 @@ def record_deltas(store: Store, pairs: list[tuple[str, str]]) -> None:
     pairs = _not_done(store, pairs)
     if not pairs:
         return
-    from lineage.deltas import compute_deltas  # torch takes a second to import: only here
+    from graft.lineage.deltas import compute_deltas  # torch takes a second to import: only here
 
     for child_id, parent_id in pairs:
         deltas = compute_deltas(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lineage.declared import base_candidates, declared_lineage
-from lineage.hub import is_hub_ref, resolve_hub
-from lineage.infer import ParentGuesser
-from lineage.record import ensure_deltas
-from registry import AddResult, ArtifactNotFound, Store, add
+from graft.lineage.declared import base_candidates, declared_lineage
+from graft.lineage.hub import is_hub_ref, resolve_hub
+from graft.lineage.infer import ParentGuesser
+from graft.lineage.record import ensure_deltas
+from graft.registry import AddResult, ArtifactNotFound, Store, add
 
 
 def register(

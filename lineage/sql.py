@@ -10,8 +10,8 @@ from typing import Any
 
 import duckdb
 
-from registry import GraftError, Store
-from registry.fsutil import fsync_dir
+from graft.registry import GraftError, Store
+from graft.registry.fsutil import fsync_dir
 
 TABLES = ("artifacts", "tensors", "files", "edges", "tensor_deltas", "delta_pairs")
 

@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from registry import CorruptBlob, Store, TensorRecord
-from registry.manifest import Manifest
-from registry.safetensors_header import FLOAT_DTYPES
+from graft.registry import CorruptBlob, Store, TensorRecord
+from graft.registry.manifest import Manifest
+from graft.registry.safetensors_header import FLOAT_DTYPES
 
 __all__ = ["FLOAT_DTYPES", "TORCH_DTYPES", "companion_json", "load_f32", "load_tensor"]
 

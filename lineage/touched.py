@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lineage.diff import DiffRow
-from lineage.names import place_of
-from lineage.record import ensure_deltas, missing_pairs_in
-from registry import ArtifactNotFound, Store
-from registry.catalog import Connection
+from graft.lineage.diff import DiffRow
+from graft.lineage.names import place_of
+from graft.lineage.record import ensure_deltas, missing_pairs_in
+from graft.registry import ArtifactNotFound, Store
+from graft.registry.catalog import Connection
 
 
 @dataclass(frozen=True)

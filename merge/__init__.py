@@ -4,12 +4,12 @@
 `fold_adapter` run it and register the result with its lineage.
 """
 
-from merge.api import MergeOutcome, fold_adapter, merge_models
-from merge.config import MergeConfig, load_config, parse_config
-from merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
-from merge.executor import MergeProgress, MergeResult, run
-from merge.methods import METHODS, Method, Param, TensorJob, get_method
-from merge.plan import MergePlan, build_plan
+from graft.merge.api import MergeOutcome, fold_adapter, merge_models
+from graft.merge.config import MergeConfig, load_config, parse_config
+from graft.merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
+from graft.merge.executor import MergeProgress, MergeResult, run
+from graft.merge.methods import METHODS, Method, Param, TensorJob, get_method
+from graft.merge.plan import MergePlan, build_plan
 
 __all__ = [
     "METHODS",

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from merge.errors import MergeConfigError
-from merge.inputs import ModelSource, TensorInfo, open_lora
-from merge.lora import LoraAdapter, LoraUpdate, fold
+from graft.merge.errors import MergeConfigError
+from graft.merge.inputs import ModelSource, TensorInfo, open_lora
+from graft.merge.lora import LoraAdapter, LoraUpdate, fold
 
 EXACT_METHODS = ("linear", "task_arithmetic")
 UNSUPPORTED_METHODS = ("slerp", "model_stock", "passthrough")

@@ -13,15 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lineage.record import ensure_deltas
-from lineage.register import register
-from merge.config import MergeConfig, parse_config
-from merge.errors import MergeConfigError
-from merge.executor import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
-from merge.inputs import FoldedModel, ModelSource, open_model
-from merge.plan import MergePlan, build_plan
-from registry import ArtifactNotFound, Manifest, Parent, Store, add
-from registry.manifest import Relation
+from graft.lineage.record import ensure_deltas
+from graft.lineage.register import register
+from graft.merge.config import MergeConfig, parse_config
+from graft.merge.errors import MergeConfigError
+from graft.merge.executor import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
+from graft.merge.inputs import FoldedModel, ModelSource, open_model
+from graft.merge.plan import MergePlan, build_plan
+from graft.registry import ArtifactNotFound, Manifest, Parent, Store, add
+from graft.registry.manifest import Relation
 
 
 @dataclass(frozen=True)

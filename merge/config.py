@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
-from merge.errors import MergeConfigError
-from merge.methods import Method, get_method
+from graft.merge.errors import MergeConfigError
+from graft.merge.methods import Method, get_method
 
 DType = Literal["F32", "F16", "BF16"]
 DTYPES: dict[str, DType] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.errors import GraftError
+from graft.registry.errors import GraftError
 
 
 class MergeConfigError(GraftError, ValueError):

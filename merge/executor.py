@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from lineage.tensors import TORCH_DTYPES
-from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from merge.inputs import span_tensor
-from merge.methods import TensorIn, TensorJob
-from merge.output import companion_files, lineage_metadata, model_card, write_companions
-from merge.plan import MergePlan, TensorRef, TensorTask
-from merge.writer import PlannedTensor, ShardWriter
-from registry.fsutil import fsync_dir
+from graft.lineage.tensors import TORCH_DTYPES
+from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from graft.merge.inputs import span_tensor
+from graft.merge.methods import TensorIn, TensorJob
+from graft.merge.output import companion_files, lineage_metadata, model_card, write_companions
+from graft.merge.plan import MergePlan, TensorRef, TensorTask
+from graft.merge.writer import PlannedTensor, ShardWriter
+from graft.registry.fsutil import fsync_dir
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
 
@@ -93,7 +93,7 @@ def run(
     os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
     try:
         if plan.merges_adapters:
-            from merge.run_adapters import execute_adapters  # it imports this module
+            from graft.merge.run_adapters import execute_adapters  # it imports this module
 
             written = execute_adapters(
                 plan, work, seed, _device(device), rank, on_progress, should_cancel

@@ -17,13 +17,13 @@ from typing import Protocol
 
 import torch
 
-from lineage.hub import is_hub_ref, resolve_hub
-from lineage.tensors import TORCH_DTYPES, load_tensor
-from merge.errors import AdapterError, MergeConfigError, MergeInputError
-from merge.lora import LoraAdapter, check_base, fold, read_adapter
-from registry import ArtifactNotFound, Manifest, Store
-from registry.safetensors_header import DTYPE_BITS, FLOAT_DTYPES, SafetensorsHeader
-from registry.sources import scan
+from graft.lineage.hub import is_hub_ref, resolve_hub
+from graft.lineage.tensors import TORCH_DTYPES, load_tensor
+from graft.merge.errors import AdapterError, MergeConfigError, MergeInputError
+from graft.merge.lora import LoraAdapter, check_base, fold, read_adapter
+from graft.registry import ArtifactNotFound, Manifest, Store
+from graft.registry.safetensors_header import DTYPE_BITS, FLOAT_DTYPES, SafetensorsHeader
+from graft.registry.sources import scan
 
 
 @dataclass(frozen=True)

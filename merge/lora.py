@@ -38,9 +38,9 @@ from typing import Any, Literal
 
 import torch
 
-from lineage.adapter_config import DEFAULT_ALPHA, DEFAULT_R, lora_rank, lora_scale
-from lineage.names import AdapterKey, adapter_key
-from merge.errors import AdapterError
+from graft.lineage.adapter_config import DEFAULT_ALPHA, DEFAULT_R, lora_rank, lora_scale
+from graft.lineage.names import AdapterKey, adapter_key
+from graft.merge.errors import AdapterError
 
 __all__ = ["LoraAdapter", "LoraUpdate", "UpdateKind", "check_base", "fold", "read_adapter"]
 

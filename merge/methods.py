@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 import torch
 import xxhash
 
-from merge.errors import MergeConfigError, MergeInputError
+from graft.merge.errors import MergeConfigError, MergeInputError
 
 ParamKind = Literal["float", "bool"]
 Scope = Literal["input", "global"]

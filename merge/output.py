@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from merge.plan import MergePlan
+import graft
+from graft.merge.plan import MergePlan
 
 # Files copied from the model that provides the architecture...
 MODEL_FILES = ("config.json", "generation_config.json")
@@ -31,13 +31,6 @@ TOKENIZER_FILES = (
 TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-def graft_version() -> str:
-    try:
-        return version("graft")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def parents(plan: MergePlan) -> list[dict[str, Any]]:
     """Every model the merge read: its reference, store id, role and parameters."""
     return [
@@ -56,7 +49,7 @@ def lineage_metadata(plan: MergePlan) -> dict[str, str]:
     where structured), so the files carry their history wherever they go."""
     return {
         "format": "pt",
-        "graft.version": graft_version(),
+        "graft.version": graft.__version__,
         "graft.method": plan.method_name,
         "graft.parents": json.dumps(parents(plan)),
         "graft.config": json.dumps(plan.config.document),
@@ -113,7 +106,7 @@ def model_card(plan: MergePlan, touched: list[str], note: str = "") -> bytes:
         "",
         f"# Merge: {plan.method_name}",
         "",
-        f"Made with graft {graft_version()} — method `{plan.config.method.name}` "
+        f"Made with graft {graft.__version__} — method `{plan.config.method.name}` "
         f"({plan.config.method.reference}).",
         "",
         "## Inputs",

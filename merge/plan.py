@@ -16,13 +16,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from lineage.names import place_of, with_layer
-from merge.adapters import UNSUPPORTED_METHODS, ZeroBase, delta_sources
-from merge.config import InputSpec, MergeConfig, Params, ParamValue, Scalar
-from merge.errors import MergeConfigError, MergeInputError
-from merge.inputs import ModelSource, TensorInfo, is_adapter, open_model
-from registry import Store
-from registry.safetensors_header import DTYPE_BITS
+from graft.lineage.names import place_of, with_layer
+from graft.merge.adapters import UNSUPPORTED_METHODS, ZeroBase, delta_sources
+from graft.merge.config import InputSpec, MergeConfig, Params, ParamValue, Scalar
+from graft.merge.errors import MergeConfigError, MergeInputError
+from graft.merge.inputs import ModelSource, TensorInfo, is_adapter, open_model
+from graft.registry import Store
+from graft.registry.safetensors_header import DTYPE_BITS
 
 
 @dataclass(frozen=True)

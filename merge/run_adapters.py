@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from lineage.tensors import TORCH_DTYPES
-from merge.adapters import (
+from graft.lineage.tensors import TORCH_DTYPES
+from graft.merge.adapters import (
     EXACT_METHODS,
     DeltaSource,
     Factors,
@@ -22,13 +22,13 @@ from merge.adapters import (
     dumps,
     truncated,
 )
-from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from merge.executor import MergeProgress, Written
-from merge.methods import TensorJob
-from merge.output import lineage_metadata
-from merge.plan import MergePlan, TensorTask
-from merge.writer import PlannedTensor, ShardWriter
-from registry.safetensors_header import DTYPE_BITS
+from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from graft.merge.executor import MergeProgress, Written
+from graft.merge.methods import TensorJob
+from graft.merge.output import lineage_metadata
+from graft.merge.plan import MergePlan, TensorTask
+from graft.merge.writer import PlannedTensor, ShardWriter
+from graft.registry.safetensors_header import DTYPE_BITS
 
 ADAPTER_FILE = "adapter_model.safetensors"
 

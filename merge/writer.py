@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import torch
 
-from registry.fsutil import fsync_dir, write_atomic
+from graft.registry.fsutil import fsync_dir, write_atomic
 
 INDEX_NAME = "model.safetensors.index.json"
 

@@ -1,7 +1,7 @@
 """graft's registry: content-addressed tensor store, manifests and DuckDB catalog."""
 
-from registry.add import AddResult, add
-from registry.errors import (
+from graft.registry.add import AddResult, add
+from graft.registry.errors import (
     AmbiguousRef,
     ArtifactNotFound,
     CorruptBlob,
@@ -14,8 +14,8 @@ from registry.errors import (
     StoreBusy,
     StoreError,
 )
-from registry.manifest import FileRecord, Manifest, Parent, TensorRecord
-from registry.ops import (
+from graft.registry.manifest import FileRecord, Manifest, Parent, TensorRecord
+from graft.registry.ops import (
     ArtifactDetail,
     ArtifactRow,
     GcResult,
@@ -30,7 +30,7 @@ from registry.ops import (
     show,
     verify,
 )
-from registry.store import Store, default_store_path
+from graft.registry.store import Store, default_store_path
 
 __all__ = [
     "AddResult",

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.catalog import Connection, insert_manifests
-from registry.errors import (
+from graft.registry.catalog import Connection, insert_manifests
+from graft.registry.errors import (
     ArtifactNotFound,
     CycleRefused,
     GraftError,
@@ -28,11 +28,19 @@ from registry.errors import (
     PickleRefused,
     SourceChanged,
 )
-from registry.manifest import FileRecord, Kind, Manifest, Parent, Relation, TensorRecord, content_id
-from registry.safetensors_header import SafetensorsHeader, read_header
-from registry.sources import Source, scan
-from registry.statcache import file_identity
-from registry.store import Store
+from graft.registry.manifest import (
+    FileRecord,
+    Kind,
+    Manifest,
+    Parent,
+    Relation,
+    TensorRecord,
+    content_id,
+)
+from graft.registry.safetensors_header import SafetensorsHeader, read_header
+from graft.registry.sources import Source, scan
+from graft.registry.statcache import file_identity
+from graft.registry.store import Store
 
 OnProgress = Callable[[int, int], None]  # (bytes done, bytes total)
 

@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 import xxhash
 
-from registry.errors import CorruptBlob, SourceChanged
-from registry.fsutil import fsync_dir
+from graft.registry.errors import CorruptBlob, SourceChanged
+from graft.registry.fsutil import fsync_dir
 
 CHUNK = 8 * 1024 * 1024
 

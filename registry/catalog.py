@@ -17,11 +17,11 @@ from pathlib import Path
 
 import duckdb
 
-from registry.blobs import BlobStore
-from registry.errors import GraftError, StoreError
-from registry.fsutil import file_lock
-from registry.manifest import Manifest
-from registry.migrations import LATEST, MIGRATIONS
+from graft.registry.blobs import BlobStore
+from graft.registry.errors import GraftError, StoreError
+from graft.registry.fsutil import file_lock
+from graft.registry.manifest import Manifest
+from graft.registry.migrations import LATEST, MIGRATIONS
 
 Connection = duckdb.DuckDBPyConnection
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.errors import StoreBusy
+from graft.registry.errors import StoreBusy
 
 
 def fsync_dir(path: Path) -> None:

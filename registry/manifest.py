@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from registry.blobs import hash_bytes
+from graft.registry.blobs import hash_bytes
 
 FORMAT_VERSION = 1
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from registry.catalog import Connection, delete_artifacts, insert_manifests
-from registry.errors import GraftError, StoreError
-from registry.fsutil import fsync_dir
-from registry.manifest import Manifest
-from registry.store import Store
+from graft.registry.catalog import Connection, delete_artifacts, insert_manifests
+from graft.registry.errors import GraftError, StoreError
+from graft.registry.fsutil import fsync_dir
+from graft.registry.manifest import Manifest
+from graft.registry.store import Store
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.errors import InvalidArtifact
+from graft.registry.errors import InvalidArtifact
 
 HEADER_CAP = 100 * 1024 * 1024  # the safetensors library's own limit
 

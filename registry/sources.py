@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import InvalidArtifact
-from registry.manifest import Kind
-from registry.safetensors_header import SafetensorsHeader, read_header
+from graft.registry.errors import InvalidArtifact
+from graft.registry.manifest import Kind
+from graft.registry.safetensors_header import SafetensorsHeader, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Trainer state saved next to the weights: never read, never stored.

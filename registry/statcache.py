@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from registry.blobs import BlobStore, hash_bytes
-from registry.fsutil import write_atomic
-from registry.manifest import FileRecord, TensorRecord
+from graft.registry.blobs import BlobStore, hash_bytes
+from graft.registry.fsutil import write_atomic
+from graft.registry.manifest import FileRecord, TensorRecord
 
 RACY_SECONDS = 3
 

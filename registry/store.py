@@ -24,12 +24,12 @@ from pathlib import Path
 
 import platformdirs
 
-from registry.blobs import BlobStore
-from registry.catalog import Catalog, Connection, delete_artifacts, insert_manifests
-from registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
-from registry.fsutil import file_lock, write_atomic
-from registry.manifest import Manifest, parse_manifest
-from registry.statcache import StatCache
+from graft.registry.blobs import BlobStore
+from graft.registry.catalog import Catalog, Connection, delete_artifacts, insert_manifests
+from graft.registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
+from graft.registry.fsutil import file_lock, write_atomic
+from graft.registry.manifest import Manifest, parse_manifest
+from graft.registry.statcache import StatCache
 
 MARKER = "graft-store.json"
 MARKER_CONTENT = {"graft_store": 1}

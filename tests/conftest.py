@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner, Result
 from safetensors.torch import save_file
 
-from registry import Store
-from tui.cli import cli
+from graft.registry import Store
+from graft.tui.cli import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 

@@ -18,9 +18,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from lineage import register, touched
-from lineage.callback import GraftCallback
-from registry import Store
+from graft.lineage import register, touched
+from graft.lineage.callback import GraftCallback
+from graft.registry import Store
 from tests.conftest import SAMPLES
 
 BASE = SAMPLES / "tiny-llama"
@@ -110,12 +110,12 @@ def test_registration_errors_warn_and_training_finishes(
     store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     callback = GraftCallback(parent="no-such-model", method="sft")
-    with caplog.at_level(logging.WARNING, logger="lineage.callback"):
+    with caplog.at_level(logging.WARNING, logger="graft.lineage.callback"):
         trainer = _train(tmp_path / "run", callback, steps=2)
 
     assert trainer.state.global_step == 2
     assert callback.registered == []
-    warnings = [r for r in caplog.records if r.name == "lineage.callback"]
+    warnings = [r for r in caplog.records if r.name == "graft.lineage.callback"]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert "checkpoint-2" in warnings[0].getMessage()

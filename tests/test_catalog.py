@@ -5,8 +5,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from registry import AmbiguousRef, ArtifactNotFound, Store, list_artifacts
-from registry.migrations import MIGRATIONS
+from graft.registry import AmbiguousRef, ArtifactNotFound, Store, list_artifacts
+from graft.registry.migrations import MIGRATIONS
 from tests.conftest import SAMPLES, graft_json, make_model
 
 TABLES = ("artifacts", "tensors", "files", "edges")

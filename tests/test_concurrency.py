@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import registry
+from graft import registry
 from tests.procs import GRAFT, TIMEOUT, blob_files, graft_env, graft_ok, listed, sha256_files
 
 COLUMNS = 1024
@@ -128,7 +128,7 @@ def write_garbage(folder: Path, seeds: list[int]) -> Path:
 READER = r"""
 import json, sys, time
 from pathlib import Path
-from registry import Store, list_artifacts
+from graft.registry import Store, list_artifacts
 
 store = Store.open(Path(sys.argv[1]))
 stop, ready, pause = Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
@@ -318,7 +318,7 @@ def paused_is_file(self):
     return found
 
 Path.is_file = paused_is_file
-from tui.cli import main
+from graft.tui.cli import main
 
 sys.argv = ["graft", "ls", "--json"]
 main()

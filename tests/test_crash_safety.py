@@ -31,7 +31,7 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
-import registry
+from graft import registry
 from tests.procs import GRAFT, TIMEOUT, blob_files, graft, graft_env, graft_ok, listed, sha256_files
 
 SHARDS = 2
@@ -311,11 +311,11 @@ def test_add_of_second_version_killed(
 # A real `graft add` (the CLI's own entry point) that SIGKILLs itself at one point.
 INJECT = r"""
 import os, signal, sys
-import registry
-from registry.blobs import BlobStore
-from tui.cli import main
+from graft import registry
+from graft.registry.blobs import BlobStore
+from graft.tui.cli import main
 
-add_module = sys.modules["registry.add"]
+add_module = sys.modules["graft.registry.add"]
 point = sys.argv[1]
 installs = 0
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lineage import guess_parent
-from registry import Store, add
+from graft.lineage import guess_parent
+from graft.registry import Store, add
 from tests.conftest import SAMPLES, graft_json, make_model
 
 CHILDREN = ("lora-copy", "lora-reverse", "lora-count", "tiny-llama-sft")
@@ -82,7 +82,7 @@ def test_declared_base_is_not_reported_as_inferred(graft):
 
 
 def test_register_api_can_infer_the_parent(store: Store, tmp_path):
-    from lineage import register
+    from graft.lineage import register
 
     base = make_model(tmp_path / "base", seed=1)
     register(base, store=store)

@@ -19,8 +19,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, PreTrainedModel
 
-from merge.errors import AdapterError
-from merge.lora import LoraUpdate, check_base, fold, read_adapter
+from graft.merge.errors import AdapterError
+from graft.merge.lora import LoraUpdate, check_base, fold, read_adapter
 from tests.conftest import SAMPLES
 
 BASE = SAMPLES / "tiny-llama"

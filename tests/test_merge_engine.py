@@ -13,13 +13,13 @@ from click.testing import Result
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lineage import register
-from merge.api import merge_models
-from merge.config import ParamValue, parse_config
-from merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from merge.executor import run
-from merge.plan import build_plan
-from registry import Store
+from graft.lineage import register
+from graft.merge.api import merge_models
+from graft.merge.config import ParamValue, parse_config
+from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from graft.merge.executor import run
+from graft.merge.plan import build_plan
+from graft.registry import Store
 from tests.conftest import SAMPLES, graft_json, make_model, sha256_tree
 
 BASE = str(SAMPLES / "tiny-llama")
@@ -497,7 +497,7 @@ def test_ties_adapter_merge_reports_the_truncation_error(tmp_path: Path) -> None
         errors = json.loads(f.metadata()["graft.truncation_error"])
     assert max(errors.values()) == pytest.approx(cut.truncation_error)
     # At full rank the adapter is the dense TIES merge of the updates, exactly.
-    from merge.methods import TensorJob, get_method
+    from graft.merge.methods import TensorJob, get_method
 
     target = "model.layers.1.self_attn.q_proj.weight"
     deltas = tuple(_dense_update(a, target).float() for a in ("lora-copy", "lora-reverse"))
@@ -597,7 +597,7 @@ def test_tensors_read_span_by_span_give_the_same_bytes(
     method: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large tensors are read a span at a time, from files and from blobs alike."""
-    from merge import executor, methods
+    from graft.merge import executor, methods
 
     for model in (BASE, SFT):  # the inputs come from blobs
         register(model, store=store)
@@ -653,8 +653,8 @@ def test_cli_shard_size_is_parsed_and_checked(graft: Callable[..., Result], tmp_
 
 
 def test_an_unreadable_input_file_is_a_merge_error(tmp_path: Path) -> None:
-    from merge.errors import MergeInputError
-    from merge.inputs import _read_exact
+    from graft.merge.errors import MergeInputError
+    from graft.merge.inputs import _read_exact
 
     with pytest.raises(MergeInputError, match=r"missing: cannot read a tensor .*graft verify"):
         _read_exact(tmp_path / "missing", 0, 4, "a tensor")

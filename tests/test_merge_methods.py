@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from merge import methods
-from merge.errors import MergeConfigError, MergeInputError
-from merge.methods import (
+from graft.merge import methods
+from graft.merge.errors import MergeConfigError, MergeInputError
+from graft.merge.methods import (
     METHODS,
     Method,
     TensorJob,
@@ -631,7 +631,7 @@ def test_merge_does_not_modify_its_inputs():
 def test_radix_selection_equals_kthvalue(
     kind: str, keep_bits: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from merge.methods import _kth_largest
+    from graft.merge.methods import _kth_largest
 
     if not keep_bits:  # large tensors compute their values again for the second pass
         monkeypatch.setattr(methods, "_KEEP_BITS_BELOW", 0)

@@ -23,9 +23,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from merge.config import parse_config
-from merge.executor import run
-from merge.plan import build_plan
+from graft.merge.config import parse_config
+from graft.merge.executor import run
+from graft.merge.plan import build_plan
 from tests.conftest import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent

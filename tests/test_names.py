@@ -18,7 +18,7 @@ import transformers as tf
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 
-from lineage.names import ADAPTER_PARTS, BLOCKS, AdapterKey, Place, adapter_key, place_of
+from graft.lineage.names import ADAPTER_PARTS, BLOCKS, AdapterKey, Place, adapter_key, place_of
 
 pytestmark = [
     # PEFT and transformers warn about tied embeddings, saved embeddings and

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from registry import statcache
-from registry.blobs import BlobStore
+from graft.registry import statcache
+from graft.registry.blobs import BlobStore
 from tests.conftest import graft_json, make_model
 
 

@@ -10,17 +10,15 @@ import pytest
 from click.testing import CliRunner
 from textual.widgets import Static, TabbedContent
 
-import lineage
-import registry
-import tui.app as tui_app
-from lineage.names import adapter_key
-from registry import ArtifactRow, Store, StoreError, list_artifacts
-from registry.manifest import FileRecord, Manifest, TensorRecord
-from tests.procs import GRAFT, graft_env
-from tui.app import GraftApp
-from tui.cli import cli
-from tui.demo import populate
-from tui.widgets import (
+import graft.tui.app as tui_app
+from graft import lineage, registry
+from graft.lineage.names import adapter_key
+from graft.registry import ArtifactRow, Store, StoreError, list_artifacts
+from graft.registry.manifest import FileRecord, Manifest, TensorRecord
+from graft.tui.app import GraftApp
+from graft.tui.cli import cli
+from graft.tui.demo import populate
+from graft.tui.widgets import (
     ArtifactTree,
     LayerHeatmap,
     MethodsView,
@@ -28,7 +26,8 @@ from tui.widgets import (
     TensorTable,
     artifact_tree,
 )
-from tui.widgets.artifact_tree import main_parents, opened_within, placed
+from graft.tui.widgets.artifact_tree import main_parents, opened_within, placed
+from tests.procs import GRAFT, graft_env
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 SIZE = (100, 30)

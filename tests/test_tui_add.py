@@ -11,14 +11,13 @@ import pytest
 from textual.geometry import Region
 from textual.widgets import Button, Input, ProgressBar, Static
 
-import lineage
-import registry
-from registry import Store
-from tui.app import GraftApp
-from tui.screens import add_dialog
-from tui.screens.add_dialog import AddDialog, path_problem, suggested_methods
-from tui.screens.help import HelpScreen
-from tui.widgets import ArtifactTree
+from graft import lineage, registry
+from graft.registry import Store
+from graft.tui.app import GraftApp
+from graft.tui.screens import add_dialog
+from graft.tui.screens.add_dialog import AddDialog, path_problem, suggested_methods
+from graft.tui.screens.help import HelpScreen
+from graft.tui.widgets import ArtifactTree
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_artifacts"

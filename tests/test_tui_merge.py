@@ -13,15 +13,14 @@ import pytest
 import yaml
 from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, SelectionList, Static
 
-import lineage
-import registry
-from merge import load_config
-from registry import Store, list_artifacts
-from tui.app import GraftApp
-from tui.merge_draft import Draft
-from tui.screens import merge_builder
-from tui.screens.merge_builder import MergeBuilder, SaveYaml
-from tui.widgets import ArtifactTree
+from graft import lineage, registry
+from graft.merge import load_config
+from graft.registry import Store, list_artifacts
+from graft.tui.app import GraftApp
+from graft.tui.merge_draft import Draft
+from graft.tui.screens import merge_builder
+from graft.tui.screens.merge_builder import MergeBuilder, SaveYaml
+from graft.tui.widgets import ArtifactTree
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
 SIZE = (80, 24)  # the smallest terminal the builder must work in
@@ -379,7 +378,7 @@ async def test_the_builder_opens_on_an_adapter_without_a_parent(tmp_path: Path) 
 async def test_the_first_b_loads_the_merge_engine_then_opens(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(sys.modules, "tui.screens.merge_builder")  # as in a fresh `graft tui`
+    monkeypatch.delitem(sys.modules, "graft.tui.screens.merge_builder")  # as in a fresh `graft tui`
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
         await _settle(app, pilot)

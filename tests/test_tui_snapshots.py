@@ -16,11 +16,11 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent
 
-import tui.screens.merge_builder  # noqa: F401  loaded, so `b` shows no "loading" notice
-from registry import Store
-from tui.app import GraftApp
-from tui.demo import populate
-from tui.widgets import ArtifactTree
+import graft.tui.screens.merge_builder  # noqa: F401  loaded, so `b` shows no "loading" notice
+from graft.registry import Store
+from graft.tui.app import GraftApp
+from graft.tui.demo import populate
+from graft.tui.widgets import ArtifactTree
 
 SIZE = (100, 30)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from registry import ExitCode, Store
+from graft.registry import ExitCode, Store
 from tests.conftest import SAMPLES
 
 

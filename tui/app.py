@@ -20,12 +20,11 @@ from textual.message import Message
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
-import lineage
-import registry
-from registry import ArtifactDetail, ArtifactRow, Store
-from tui.screens.add_dialog import AddDialog
-from tui.screens.help import HelpScreen
-from tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
+from graft import lineage, registry
+from graft.registry import ArtifactDetail, ArtifactRow, Store
+from graft.tui.screens.add_dialog import AddDialog
+from graft.tui.screens.help import HelpScreen
+from graft.tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
 
 REFRESH_SECONDS = 5.0
 
@@ -247,14 +246,14 @@ class GraftApp(App[None]):
         self.push_screen(dialog, self._select_new)
 
     def action_build_merge(self) -> None:
-        if "tui.screens.merge_builder" not in sys.modules:  # the first time: torch loads
+        if "graft.tui.screens.merge_builder" not in sys.modules:  # the first time: torch loads
             self.notify("loading the merge engine…", timeout=3)
             self.call_after_refresh(self._open_builder)  # so that the notice shows first
         else:
             self._open_builder()
 
     def _open_builder(self) -> None:
-        from tui.screens.merge_builder import MergeBuilder  # imports torch: only when asked
+        from graft.tui.screens.merge_builder import MergeBuilder  # imports torch: only when asked
 
         tree = self.query_one(ArtifactTree)
         current = tree.current

@@ -11,11 +11,11 @@ from typing import Any
 
 import click
 
-import lineage
-import registry
-from registry import ExitCode, GraftError, Store
-from tui import lineage_views, render
-from tui.demo import populate, run_demo
+import graft
+from graft import lineage, registry
+from graft.registry import ExitCode, GraftError, Store
+from graft.tui import lineage_views, render
+from graft.tui.demo import populate, run_demo
 
 
 class GraftGroup(click.Group):
@@ -67,7 +67,7 @@ def with_store(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Store folder [env GRAFT_STORE; default ~/.local/share/graft].",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.version_option(package_name="graft")
+@click.version_option(package_name=graft.DISTRIBUTION)
 @click.pass_context
 def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
     """graft: a content-addressed registry and merge engine for safetensors lineage."""
@@ -399,8 +399,8 @@ def merge(
     Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
     breadcrumbs_ties, della, della_linear, slerp, model_stock, passthrough.
     """
-    from merge.api import merge_models
-    from merge.config import load_config
+    from graft.merge.api import merge_models
+    from graft.merge.config import load_config
 
     parsed = load_config(config)
     store = None if no_register and not _needs_store(parsed) else Store.open(ctx.obj["store"])
@@ -443,7 +443,7 @@ def fold(
     as_json: bool,
 ) -> None:
     """Fold a LoRA ADAPTER into its base (PEFT merge_and_unload), tensor by tensor."""
-    from merge.api import fold_adapter
+    from graft.merge.api import fold_adapter
 
     store = Store.open(ctx.obj["store"])
     with render.tensor_progress("folding") as bar:
@@ -646,7 +646,7 @@ def demo(store: Store, samples: Path | None) -> None:
 @click.pass_context
 def tui_(ctx: click.Context, demo: bool) -> None:
     """Browse artifacts, their lineage and the layers each one touched, in a terminal UI."""
-    from tui.app import GraftApp  # only this command needs textual
+    from graft.tui.app import GraftApp  # only this command needs textual
 
     if not demo:
         GraftApp(ctx.obj["store"]).run()

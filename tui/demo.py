@@ -8,12 +8,13 @@ from typing import Any
 
 import yaml
 
-import lineage
-import registry
-from registry import Store
-from tui import lineage_views, render
+from graft import lineage, registry
+from graft.registry import Store
+from graft.tui import lineage_views, render
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
+# Package data of `graft` (in a checkout, graft/sample_artifacts links to the
+# repository's folder).
+SAMPLES = Path(__file__).parent.parent / "sample_artifacts"
 
 # (folder, parent folder, method) in registration order.
 PLAN = (
@@ -74,7 +75,7 @@ MERGE_CONFIG = {
 
 def _merge_soup(store: Store) -> Any:
     """Run the demo merge (registered as demo-soup) and return merge_models' outcome."""
-    from merge import merge_models, parse_config
+    from graft.merge import merge_models, parse_config
 
     with tempfile.TemporaryDirectory() as scratch:
         return merge_models(parse_config(MERGE_CONFIG), Path(scratch) / "demo-soup", store=store)

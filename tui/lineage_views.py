@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from lineage import LogEntry, MethodTouches, Touch
-from lineage.diff import DiffRow, Series
+from graft.lineage import LogEntry, MethodTouches, Touch
+from graft.lineage.diff import DiffRow, Series
 
 BLOCK_ORDER = ("embedding", "attention", "mlp", "norm", "head", "other")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from merge.methods import METHODS, Method, Param
+from graft.merge.methods import METHODS, Method, Param
 
 DTYPES = ("bfloat16", "float16", "float32")
 

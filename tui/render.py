@@ -24,10 +24,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
-from registry import ArtifactDetail, ArtifactRow, Manifest
+from graft.registry import ArtifactDetail, ArtifactRow, Manifest
 
 if TYPE_CHECKING:
-    from merge.executor import MergeProgress  # torch: only for type checking
+    from graft.merge.executor import MergeProgress  # torch: only for type checking
 
 # Piped output keeps whole lines instead of squeezing tables to 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 400)

@@ -23,10 +23,10 @@ from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
-import lineage
-from lineage.hub import is_hub_ref
-from registry import AddResult, GraftError, Store
-from registry.add import OnProgress
+from graft import lineage
+from graft.lineage.hub import is_hub_ref
+from graft.registry import AddResult, GraftError, Store
+from graft.registry.add import OnProgress
 
 # Offered for the method field after the store's own methods.
 COMMON_METHODS = ("sft", "dpo", "orpo", "kto", "ppo", "lora", "qlora", "dora", "full", "distill")

@@ -35,12 +35,12 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState
 
-from merge import MergeCancelled, MergeOutcome, merge_models, parse_config
-from merge.executor import MergeProgress
-from merge.methods import METHODS, Param
-from registry import ArtifactRow, GraftError, Store
-from registry.fsutil import write_atomic
-from tui.merge_draft import DTYPES, STARTING_VALUES, Draft, global_key, input_key
+from graft.merge import MergeCancelled, MergeOutcome, merge_models, parse_config
+from graft.merge.executor import MergeProgress
+from graft.merge.methods import METHODS, Param
+from graft.registry import ArtifactRow, GraftError, Store
+from graft.registry.fsutil import write_atomic
+from graft.tui.merge_draft import DTYPES, STARTING_VALUES, Draft, global_key, input_key
 
 DEFAULT_METHOD = "ties"
 

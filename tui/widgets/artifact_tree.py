@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import Input, Tree
 from textual.widgets.tree import TreeNode
 
-from registry import ArtifactRow
+from graft.registry import ArtifactRow
 
 # Nodes built for the first screen; the rest are built when their parent is opened.
 INITIAL_NODES = 300

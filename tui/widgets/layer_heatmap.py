@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from lineage import Touch
-from tui.lineage_views import module_columns
+from graft.lineage import Touch
+from graft.tui.lineage_views import module_columns
 
 UNTOUCHED = "·"
 

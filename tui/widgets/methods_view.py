@@ -15,9 +15,9 @@ from textual.message import Message
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from lineage import MethodTouches
-from tui.lineage_views import module_columns
-from tui.widgets.layer_heatmap import UNTOUCHED, heat_style, unsqueezed
+from graft.lineage import MethodTouches
+from graft.tui.lineage_views import module_columns
+from graft.tui.widgets.layer_heatmap import UNTOUCHED, heat_style, unsqueezed
 
 
 class MethodsView(Vertical):

@@ -10,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from lineage import Touch
-from registry import ArtifactDetail
-from registry.ops import LineageStep
-from tui.lineage_views import edge_params
+from graft.lineage import Touch
+from graft.registry import ArtifactDetail
+from graft.registry.ops import LineageStep
+from graft.tui.lineage_views import edge_params
 
 
 class Overview(Static):

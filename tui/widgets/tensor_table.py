@@ -21,9 +21,9 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from lineage import Touch
-from lineage.names import adapter_key
-from registry import Manifest
+from graft.lineage import Touch
+from graft.lineage.names import adapter_key
+from graft.registry import Manifest
 
 # The change and the name first: a narrow pane cuts the dtype, shape and size.
 # "change" is the relative change, else the status (added, reshaped...), else "·".
