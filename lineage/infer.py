@@ -161,5 +161,5 @@ def _distance(store: Store, mine: str, theirs: str, dtype: str) -> float:
 
 
 def _head(store: Store, key: str) -> bytearray:
-    with open(store.blobs.path(key), "rb") as f:
-        return bytearray(f.read(SAMPLE_BYTES))
+    with store.blobs.open(key) as blob:
+        return bytearray(blob.read(0, min(SAMPLE_BYTES, blob.size)))

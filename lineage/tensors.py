@@ -35,18 +35,13 @@ def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:
     """The tensor's values in its own dtype (one read of its blob)."""
     dtype = TORCH_DTYPES[record.dtype]
     data = bytearray(record.nbytes)  # read straight into the tensor's memory: no second copy
-    try:
-        with open(store.blobs.path(record.blob), "rb") as f:
-            complete = f.readinto(data) == record.nbytes
-    except FileNotFoundError as e:
-        raise CorruptBlob(
-            f"blob {record.blob} of tensor {record.name} is missing", "run `graft verify`"
-        ) from e
-    if not complete:
-        raise CorruptBlob(
-            f"blob {record.blob} of tensor {record.name} is shorter than its {record.nbytes} bytes",
-            "run `graft verify`",
-        )
+    with store.blobs.open(record.blob, record.name) as blob:
+        if blob.size != record.nbytes:
+            raise CorruptBlob(
+                f"{blob.what} holds {blob.size} bytes, not its {record.nbytes}",
+                "run `graft verify`",
+            )
+        blob.readinto(0, data)
     if not data:
         return torch.empty(record.shape, dtype=dtype)
     return torch.frombuffer(data, dtype=dtype).reshape(record.shape)

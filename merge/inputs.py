@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -195,12 +196,11 @@ class FoldedModel:
 
 
 @dataclass(frozen=True)
-class FileSpanTensor:
-    """A float tensor in a file (a blob or a safetensors file), read a span of
-    elements at a time: what the merge formulas see of very large tensors."""
+class SpanTensor:
+    """A large float tensor read a span of elements at a time (from a blob or a
+    safetensors file): what the merge formulas see of very large tensors."""
 
-    path: Path
-    offset: int  # of the tensor's first byte
+    read: Callable[[int, int], bytearray]  # (byte offset in the tensor, length) -> bytes
     shape: torch.Size
     dtype: torch.dtype
     device: torch.device
@@ -213,8 +213,7 @@ class FileSpanTensor:
 
     def span(self, span: slice) -> torch.Tensor:
         size = self.dtype.itemsize
-        count = (span.stop - span.start) * size
-        data = _read_exact(self.path, self.offset + span.start * size, count, "a tensor")
+        data = self.read(span.start * size, (span.stop - span.start) * size)
         return torch.frombuffer(data, dtype=self.dtype).to(self.device)
 
 
@@ -239,18 +238,29 @@ def _read_exact(path: Path, offset: int, nbytes: int, what: str) -> bytearray:
     return data
 
 
-def span_tensor(source: ModelSource, name: str, device: torch.device) -> FileSpanTensor | None:
-    """`name` as a FileSpanTensor, when `source` holds it as plain float bytes."""
+def span_tensor(source: ModelSource, name: str, device: torch.device) -> SpanTensor | None:
+    """`name` as a SpanTensor, when `source` holds it as plain float bytes."""
     info = source.tensors[name]
     if not info.is_float or not all(info.shape):
         return None
     shape, dtype = torch.Size(info.shape), TORCH_DTYPES[info.dtype]
     if isinstance(source, StoredModel):
-        path = source.store.blobs.path(source._records[name].blob)
-        return FileSpanTensor(path, 0, shape, dtype, device)
+        blob = source.store.blobs.open(source._records[name].blob, name)
+
+        def read_blob(offset: int, nbytes: int) -> bytearray:
+            data = bytearray(nbytes)
+            blob.readinto(offset, data)
+            return data
+
+        return SpanTensor(read_blob, shape, dtype, device)
     if isinstance(source, LocalModel):
-        header, offset, _ = source._where[name]
-        return FileSpanTensor(header.path, offset, shape, dtype, device)
+        header, start, _ = source._where[name]
+        path = header.path
+
+        def read_file(offset: int, nbytes: int) -> bytearray:
+            return _read_exact(path, start + offset, nbytes, "a tensor")
+
+        return SpanTensor(read_file, shape, dtype, device)
     return None
 
 

@@ -1,6 +1,7 @@
 """Content-addressed blobs: each distinct byte string stored once under its xxh3-128.
 
-Blobs live at ``blobs/<first 2 hex>/<remaining 30 hex>``. A new blob is written
+Blobs live at ``blobs/<first 2 hex>/<remaining 30 hex>``, raw or encoded
+(`registry.codecs`); `BlobReader` is the one way to read their bytes back. A new blob is written
 to a temp file whose writeback starts at once; `sync()` later fsyncs the batch,
 renames each into place and fsyncs the folders, so a blob that exists is
 complete and durable. Batching lets the disk flush one blob while the next is
@@ -10,20 +11,27 @@ fixed buffer; nothing is ever read whole.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import xxhash
 
+from graft.registry.codecs import ITEM_SIZES, BadEncoding, Footer, read_footer
 from graft.registry.errors import CorruptBlob, SourceChanged
 from graft.registry.fsutil import fsync_dir
 
+if TYPE_CHECKING:
+    import numpy as np
+
 CHUNK = 8 * 1024 * 1024
+MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
+VERIFY_HINT = "run `graft verify` for details"
 
 OnBytes = Callable[[int], None]
 
@@ -150,31 +158,28 @@ class BlobStore:
                 tmp.unlink()
         self._pending.clear()
 
+    def open(self, key: str, tensor: str | None = None) -> BlobReader:
+        """Open a blob for reading; errors name `tensor` when given."""
+        return BlobReader(self, key, f"blob {key} of tensor {tensor}" if tensor else f"blob {key}")
+
     def read(self, key: str) -> bytes:
         """Read a small blob whole (headers, companion JSON), checking its hash."""
-        data = self.path(key).read_bytes()
-        if hash_bytes(data) != key:
-            raise CorruptBlob(f"blob {key} is corrupt", "run `graft verify` for details")
-        return data
+        with self.open(key) as blob:
+            return b"".join(blob.stream())
 
     def copy_to(self, key: str, out: BinaryIO, on_bytes: OnBytes = _no_progress) -> None:
-        """Stream a blob into `out`, failing if its bytes no longer hash to `key`."""
-        h = xxhash.xxh3_128()
-        with open(self.path(key), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            for chunk in _chunks(f, 0, size, self._buf):
-                h.update(chunk)
+        """Stream a blob's raw bytes into `out`, failing if they do not hash to `key`."""
+        with self.open(key) as blob:
+            for chunk in blob.stream():
                 out.write(chunk)
                 on_bytes(len(chunk))
-        if h.hexdigest() != key:
-            raise CorruptBlob(f"blob {key} is corrupt", "run `graft verify` for details")
 
-    def actual_key(self, key: str) -> str | None:
-        """Re-hash a stored blob; None when it is missing."""
+    def reference(self, key: str) -> str | None:
+        """The blob an encoded blob is a delta against (None for raw, solo or missing)."""
         try:
-            with open(self.path(key), "rb") as f:
-                return self.hash_range(f, 0, os.fstat(f.fileno()).st_size)
-        except FileNotFoundError:
+            with self.open(key) as blob:
+                return blob.footer.ref if blob.footer else None
+        except CorruptBlob:
             return None
 
     def keys(self) -> Iterator[str]:
@@ -184,8 +189,148 @@ class BlobStore:
                     yield prefix.name + rest.name
 
     def size(self, key: str) -> int:
+        """Bytes the blob takes on disk (encoded, when it is)."""
         return self.path(key).stat().st_size
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(key).unlink()
+
+
+class MissingReference(CorruptBlob):
+    """An encoded blob whose reference is missing or unreadable."""
+
+
+class BlobReader:
+    """One blob opened for reading: any span of its raw bytes, decoded and checked.
+
+    The file stays open, so a `repack` that replaces the blob meanwhile does
+    not change what this reader sees. Raw spans are read as they are (a whole
+    read checks the key); encoded chunks are checked on every decode.
+    """
+
+    def __init__(self, blobs: BlobStore, key: str, what: str, depth: int = 0) -> None:
+        self.key = key
+        self.what = what  # how errors name it
+        self._blobs = blobs
+        self._depth = depth
+        self._ref: BlobReader | None = None
+        self._fd = -1
+        try:
+            self._fd = os.open(blobs.path(key), os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise CorruptBlob(f"{what} is missing", VERIFY_HINT) from e
+        try:
+            self.stored_size = os.fstat(self._fd).st_size
+            self.footer: Footer | None = read_footer(self.stored_size, self._pread)
+        except BadEncoding as e:
+            self.close()
+            raise CorruptBlob(f"{what} is damaged: {e}", VERIFY_HINT) from e
+        except BaseException:
+            self.close()
+            raise
+        self.size = self.footer.raw_length if self.footer else self.stored_size
+        if self.footer:
+            self._chunks = list(self.footer.chunk_starts())
+            self._raw_starts = [raw for _, raw, _ in self._chunks]
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._ref:
+            self._ref.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        while len(data) < length:
+            more = os.pread(self._fd, length - len(data), offset + len(data))
+            if not more:
+                raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
+            data += more
+        return data
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Raw bytes [offset, offset + length) of the blob."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise CorruptBlob(
+                f"{self.what} holds {self.size} bytes, not the {offset + length} asked for",
+                VERIFY_HINT,
+            )
+        if not self.footer or not length:
+            return self._pread(offset, length)
+        parts = []
+        first = bisect.bisect_right(self._raw_starts, offset) - 1
+        for index in range(first, len(self._chunks)):
+            start = self._raw_starts[index]
+            if start >= offset + length:
+                break
+            raw = self._decode(index)
+            parts.append(raw[max(0, offset - start) : offset + length - start])
+        return b"".join(parts)
+
+    def readinto(self, offset: int, buf: bytearray) -> None:
+        """Fill `buf` with the raw bytes from `offset` (raw blobs: no copy in between)."""
+        if self.footer or offset + len(buf) > self.size:
+            buf[:] = self.read(offset, len(buf))
+        elif buf and os.preadv(self._fd, [buf], offset) != len(buf):
+            raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
+
+    def stream(self) -> Iterator[bytes]:
+        """The whole blob in order, failing at the end if it does not hash to its key."""
+        h = xxhash.xxh3_128()
+        if self.footer:
+            pieces: Iterator[bytes] = (self._decode(i) for i in range(len(self._chunks)))
+        else:
+            pieces = (self._pread(o, min(CHUNK, self.size - o)) for o in range(0, self.size, CHUNK))
+        for piece in pieces:
+            h.update(piece)
+            yield piece
+        if h.hexdigest() != self.key:
+            raise CorruptBlob(f"{self.what} is corrupt", VERIFY_HINT)
+
+    def _decode(self, index: int) -> bytes:
+        from graft.registry.transforms import decode_chunk  # numpy: only for encoded blobs
+
+        footer = self.footer
+        assert footer is not None
+        chunk, raw_start, stored_start = self._chunks[index]
+        ref = self._reference(raw_start, chunk.raw_length) if footer.ref else None
+        try:
+            return decode_chunk(footer, chunk, self._pread(stored_start, sum(chunk.planes)), ref)
+        except BadEncoding as e:
+            raise CorruptBlob(f"{self.what} is damaged: {e}", VERIFY_HINT) from e
+
+    def _reference(self, raw_start: int, raw_length: int) -> np.ndarray:
+        from graft.registry.transforms import convert_reference
+
+        footer = self.footer
+        assert footer is not None and footer.ref and footer.ref_dtype
+        if self._ref is None:
+            if self._depth >= MAX_READ_DEPTH:
+                raise CorruptBlob(
+                    f"{self.what}: its chain of references is over {MAX_READ_DEPTH} deep",
+                    VERIFY_HINT,
+                )
+            try:
+                self._ref = BlobReader(
+                    self._blobs, footer.ref, f"blob {footer.ref}", self._depth + 1
+                )
+            except CorruptBlob as e:
+                raise MissingReference(f"{self.what}: its reference {e.message}", e.hint) from e
+        mine = footer.item_size
+        theirs = ITEM_SIZES[footer.ref_dtype]
+        try:
+            data = self._ref.read(raw_start // mine * theirs, raw_length // mine * theirs)
+        except CorruptBlob as e:
+            raise CorruptBlob(f"{self.what}: its reference {e.message}", e.hint) from e
+        return convert_reference(data, footer.ref_dtype, footer.dtype)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from graft.registry.blobs import MissingReference
 from graft.registry.catalog import Connection, delete_artifacts, insert_manifests
-from graft.registry.errors import GraftError, StoreError
+from graft.registry.errors import CorruptBlob, GraftError, StoreError
 from graft.registry.fsutil import fsync_dir
 from graft.registry.manifest import Manifest
 from graft.registry.store import Store
@@ -181,12 +182,15 @@ def export(
     return manifest
 
 
+BlobProblem = Literal["missing", "corrupt", "wrong size", "missing reference"]
+
+
 @dataclass(frozen=True)
 class Problem:
     """Something `verify` found wrong; `tensor` is None for whole files and manifests."""
 
     artifact: str  # NAME@N, or the manifest's file name when it is unreadable
-    what: Literal["missing", "corrupt", "wrong size", "damaged manifest"]
+    what: BlobProblem | Literal["damaged manifest"]
     file: str | None = None
     tensor: str | None = None
     blob: str | None = None
@@ -226,9 +230,7 @@ def verify(store: Store, ref: str | None = None) -> VerifyReport:
         store.sync_catalog(con)
         ids = [store.resolve(con, ref)] if ref else sorted(store.manifest_ids())
     problems: list[Problem] = []
-    checked: dict[
-        str, Literal["missing", "corrupt", "wrong size"] | None
-    ] = {}  # blob → its problem, None when sound
+    checked: dict[str, BlobProblem | None] = {}  # blob → its problem, None when sound
     for artifact_id in ids:
         try:
             manifest = store.load_manifest(artifact_id)
@@ -247,16 +249,21 @@ def verify(store: Store, ref: str | None = None) -> VerifyReport:
     return VerifyReport(len(ids), len(checked), problems)
 
 
-def _check_blob(
-    store: Store, key: str, size: int
-) -> Literal["missing", "corrupt", "wrong size"] | None:
-    path = store.blobs.path(key)
-    try:
-        if path.stat().st_size != size:
-            return "wrong size"
-    except FileNotFoundError:
+def _check_blob(store: Store, key: str, size: int) -> BlobProblem | None:
+    """Decode the blob through its references and re-hash it."""
+    if not store.blobs.path(key).is_file():
         return "missing"
-    return None if store.blobs.actual_key(key) == key else "corrupt"
+    try:
+        with store.blobs.open(key) as blob:
+            if blob.size != size:
+                return "wrong size"
+            for _ in blob.stream():
+                pass
+    except MissingReference:
+        return "missing reference"
+    except CorruptBlob:
+        return "corrupt"
+    return None
 
 
 @dataclass(frozen=True)
@@ -267,7 +274,8 @@ class GcResult:
 
 
 def gc(store: Store, *, dry_run: bool = False) -> GcResult:
-    """Delete blobs no manifest references, and leftovers of interrupted writes.
+    """Delete blobs no manifest references (directly or as the reference of an
+    encoded blob), and leftovers of interrupted writes.
 
     Holds the store's exclusive pin, so it waits for adds that are between
     writing blobs and indexing them, and they wait for it.
@@ -284,6 +292,13 @@ def gc(store: Store, *, dry_run: bool = False) -> GcResult:
                 ) from e
             for f in manifest.files:
                 referenced.update(f.blob_keys())
+        # An encoded blob is a delta against another: keep every chain whole.
+        todo = list(referenced)
+        while todo:
+            ref = store.blobs.reference(todo.pop())
+            if ref and ref not in referenced:
+                referenced.add(ref)
+                todo.append(ref)
         removed = freed = 0
         for key in list(store.blobs.keys()):
             if key not in referenced:

@@ -599,6 +599,66 @@ def gc(store: Store, dry_run: bool, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("ref", required=False)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Blobs encoded at once (default: CPUs)."
+)
+@json_option
+@with_store
+def repack(store: Store, ref: str | None, workers: int | None, as_json: bool) -> None:
+    """Encode raw blobs (all, or REF's): deltas against the parent's tensors, else solo."""
+    from graft.registry.repack import repack as run_repack
+
+    with render.progress("repacking") as on_progress:
+        result = run_repack(store, ref, workers=workers, on_progress=on_progress)
+    if as_json:
+        render.print_json(render.to_plain(result))
+        return
+    render.out.print(
+        f"encoded {result.encoded} blobs, kept {result.kept_raw} raw: "
+        f"{render.human_size(result.bytes_before)} → {render.human_size(result.bytes_after)}",
+        markup=False,
+    )
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@json_option
+@with_store
+def du(store: Store, ref: str | None, as_json: bool) -> None:
+    """Raw bytes against bytes on disk, for the store and each artifact (or REF)."""
+    from graft.registry.repack import usage
+
+    total, rows = usage(store, ref)
+    if as_json:
+        render.print_json(
+            {
+                "raw_bytes": total.raw_bytes,
+                "stored_bytes": total.stored_bytes,
+                "artifacts": [
+                    {"ref": r.name, "raw_bytes": r.raw_bytes, "stored_bytes": r.stored_bytes}
+                    for r in rows
+                ],
+            }
+        )
+        return
+    render.out.print(
+        render.rows_table(
+            ["ARTIFACT", "RAW", "STORED", "RATIO"],
+            [
+                (
+                    u.name,
+                    render.human_size(u.raw_bytes),
+                    render.human_size(u.stored_bytes),
+                    f"{u.ratio:.2f}",
+                )
+                for u in [*rows, total]
+            ],
+        )
+    )
+
+
+@cli.command()
 @click.argument("ref")
 @click.option("--force", is_flag=True, help="Remove even if other artifacts name it as parent.")
 @with_store

@@ -1,0 +1,128 @@
+"""The arithmetic of the blob codecs (see `registry.codecs` for what each one is).
+
+Kept apart from the format so that commands which only list or look up
+artifacts never import numpy or zstandard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xxhash
+import zstandard
+
+from graft.registry.codecs import FLOATS, ITEM_SIZES, LEVEL, BadEncoding, Chunk, Codec, Footer
+
+UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _as_uint(data: bytes, item_size: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=UINTS[item_size])
+
+
+def _rotate(a: np.ndarray, left: bool) -> np.ndarray:
+    bits = a.dtype.itemsize * 8
+    up = np.array(1 if left else bits - 1, a.dtype)
+    return (a << up) | (a >> np.array(bits - up, a.dtype))
+
+
+def _sign_fill(a: np.ndarray) -> np.ndarray:
+    """All ones where the top bit of `a` is set, else zeros (an arithmetic shift)."""
+    signed = a.view(a.dtype.str.replace("u", "i"))
+    return (signed >> (a.dtype.itemsize * 8 - 1)).view(a.dtype)
+
+
+def _ordered(a: np.ndarray) -> np.ndarray:
+    """Float bit patterns as unsigned integers in the order of the float values:
+    negative floats have every bit flipped, the others only their sign bit."""
+    top = a.dtype.type(1) << a.dtype.type(a.dtype.itemsize * 8 - 1)
+    return a ^ (_sign_fill(a) | top)
+
+
+def _unordered(a: np.ndarray) -> np.ndarray:
+    top = a.dtype.type(1) << a.dtype.type(a.dtype.itemsize * 8 - 1)
+    return a ^ (~_sign_fill(a) | top)
+
+
+def _zigzag(d: np.ndarray) -> np.ndarray:
+    signed = d.view(d.dtype.str.replace("u", "i"))
+    return ((signed << 1) ^ (signed >> (d.dtype.itemsize * 8 - 1))).view(d.dtype)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    one = np.array(1, z.dtype)
+    return (z >> one) ^ (np.zeros_like(z) - (z & one))
+
+
+def convert_reference(data: bytes, src: str, dst: str) -> np.ndarray:
+    """The reference's bit patterns in the child's dtype (see the module docstring)."""
+    if src == dst:
+        return _as_uint(data, ITEM_SIZES[dst])
+    if src == "BF16":
+        f32 = _as_uint(data, 2).astype(np.uint32) << np.uint32(16)
+    elif src == "F16":
+        f32 = np.frombuffer(data, np.float16).astype(np.float32).view(np.uint32)
+    else:
+        f32 = _as_uint(data, 4)
+    if dst == "F32":
+        return f32
+    if dst == "BF16":
+        return (f32 >> np.uint32(16)).astype(np.uint16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return f32.view(np.float32).astype(np.float16).view(np.uint16)
+
+
+def _planes(a: np.ndarray) -> list[bytes]:
+    columns = a.view(np.uint8).reshape(-1, a.dtype.itemsize)
+    return [columns[:, i].tobytes() for i in range(a.dtype.itemsize)]
+
+
+def _join_planes(planes: list[bytes], item_size: int) -> np.ndarray:
+    count = len(planes[0]) if planes else 0
+    if any(len(p) != count for p in planes):
+        raise BadEncoding("planes of one chunk differ in length")
+    out = np.empty((count, item_size), np.uint8)
+    for i, plane in enumerate(planes):
+        out[:, i] = np.frombuffer(plane, np.uint8)
+    return out.reshape(-1).view(UINTS[item_size])
+
+
+def encode_chunk(
+    codec: Codec, dtype: str, raw: bytes, ref: np.ndarray | None
+) -> tuple[Chunk, list[bytes]]:
+    """One chunk's compressed planes; `ref` is the reference span in `dtype` (delta)."""
+    a = _as_uint(raw, ITEM_SIZES[dtype])
+    if codec == "delta":
+        assert ref is not None and len(ref) == len(a)
+        a = _zigzag(_ordered(a) - _ordered(ref))  # unsigned: wraps, and undoes exactly
+    elif dtype in FLOATS:
+        a = _rotate(a, left=True)
+    compressor = zstandard.ZstdCompressor(level=LEVEL)
+    frames = [compressor.compress(plane) for plane in _planes(a)]
+    chunk = Chunk(len(raw), xxhash.xxh3_64_hexdigest(raw), tuple(len(f) for f in frames))
+    return chunk, frames
+
+
+def decode_chunk(footer: Footer, chunk: Chunk, stored: bytes, ref: np.ndarray | None) -> bytes:
+    """The raw bytes of one chunk, checked against its checksum."""
+    count = chunk.raw_length // footer.item_size
+    decompressor = zstandard.ZstdDecompressor()
+    planes, pos = [], 0
+    for n in chunk.planes:
+        frame = stored[pos : pos + n]
+        pos += n
+        try:  # the declared size is checked first: a hostile frame cannot claim gigabytes
+            if zstandard.frame_content_size(frame) != count:
+                raise BadEncoding("a plane declares the wrong size")
+            planes.append(decompressor.decompress(frame))
+        except zstandard.ZstdError as e:
+            raise BadEncoding(f"a plane does not decompress ({e})") from e
+    a = _join_planes(planes, footer.item_size)
+    if footer.codec == "delta":
+        assert ref is not None and len(ref) == count
+        a = _unordered(_unzigzag(a) + _ordered(ref))
+    elif footer.dtype in FLOATS:
+        a = _rotate(a, left=False)
+    raw = a.tobytes()
+    if len(raw) != chunk.raw_length or xxhash.xxh3_64_hexdigest(raw) != chunk.checksum:
+        raise BadEncoding("a chunk decodes to bytes that fail its checksum")
+    return raw

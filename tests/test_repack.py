@@ -1,0 +1,334 @@
+"""Encoded blobs: codecs, `graft repack`, `graft du`, and the one read path through them.
+
+The data is a real training run (tests/training.py): compression is only
+meaningful on optimizer output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from graft import registry
+from graft.lineage.tensors import load_tensor
+from graft.merge import merge_models, parse_config
+from graft.registry import Store, codecs, transforms
+from graft.registry.repack import repack, usage
+from tests.conftest import graft_json
+from tests.procs import sha256_files
+from tests.training import make_run
+
+GRAFT = Path(sys.executable).parent / "graft"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    make_run(out)
+    return out
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 4 KB, so every tensor spans many and span reads cross them."""
+    monkeypatch.setattr(codecs, "CHUNK_BYTES", 4096)
+
+
+def _register_run(store: Store, run: Path) -> list[str]:
+    refs = ["base"]
+    registry.add(store, run / "base", name="base")
+    parent = "base"
+    for folder in sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        registry.add(store, folder, name=folder.name, parent=parent)
+        refs.append(folder.name)
+        parent = folder.name
+    registry.add(store, run / "other", name="other", parent="base")
+    return [*refs, "other"]
+
+
+def _footer(store: Store, key: str) -> codecs.Footer | None:
+    with store.blobs.open(key) as blob:
+        return blob.footer
+
+
+def _tensor(store: Store, ref: str, name: str) -> registry.TensorRecord:
+    return next(t for _, t in store.resolve_ref(ref).tensors if t.name == name)
+
+
+MLP = "model.layers.1.mlp.down_proj.weight"
+
+
+# -- codecs ----------------------------------------------------------------------
+
+
+SPECIAL_F32 = np.array(
+    [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0, -1.0], np.float32
+)
+
+
+@pytest.mark.parametrize("dtype", codecs.DELTA_DTYPES)
+@pytest.mark.parametrize("ref_dtype", codecs.DELTA_DTYPES)
+def test_delta_chunks_decode_to_the_exact_bits(dtype, ref_dtype):
+    rng = np.random.default_rng(0)
+    values = np.concatenate([SPECIAL_F32, rng.standard_normal(5000).astype(np.float32) * 0.02])
+    child = torch.from_numpy(values).to(getattr(torch, _TORCH[dtype]))
+    parent = (torch.from_numpy(values) * 0.97).to(getattr(torch, _TORCH[ref_dtype]))
+    raw = child.view(_UINT_TORCH[dtype]).numpy().tobytes()
+    ref = transforms.convert_reference(
+        parent.view(_UINT_TORCH[ref_dtype]).numpy().tobytes(), ref_dtype, dtype
+    )
+    chunk, frames = transforms.encode_chunk("delta", dtype, raw, ref)
+    footer = codecs.Footer("delta", dtype, len(raw), "0" * 32, ref_dtype, (chunk,))
+    assert transforms.decode_chunk(footer, chunk, b"".join(frames), ref) == raw
+
+
+_TORCH = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_UINT_TORCH = {"F32": torch.int32, "BF16": torch.int16, "F16": torch.int16}
+
+
+def test_references_convert_exactly_when_they_widen():
+    x = torch.tensor([1.5, -2.25, 3e-3, 0.0], dtype=torch.bfloat16)
+    widened = transforms.convert_reference(x.view(torch.int16).numpy().tobytes(), "BF16", "F32")
+    assert torch.equal(torch.from_numpy(widened.view(np.float32)), x.float())
+    h = torch.tensor([1.5, -2.25, 3e-3, 65504.0], dtype=torch.float16)
+    widened = transforms.convert_reference(h.view(torch.int16).numpy().tobytes(), "F16", "F32")
+    assert torch.equal(torch.from_numpy(widened.view(np.float32)), h.float())
+
+
+def test_solo_chunks_of_every_width_decode_exactly():
+    rng = np.random.default_rng(1)
+    for dtype, width in codecs.ITEM_SIZES.items():
+        raw = rng.integers(0, 256, 4000 * width, dtype=np.uint8).tobytes()
+        chunk, frames = transforms.encode_chunk("solo", dtype, raw, None)
+        footer = codecs.Footer("solo", dtype, len(raw), None, None, (chunk,))
+        assert transforms.decode_chunk(footer, chunk, b"".join(frames), None) == raw, dtype
+
+
+def test_hostile_footers_and_frames_are_refused():
+    with pytest.raises(codecs.BadEncoding):
+        codecs.parse_footer(b'{"format": 1, "codec": "solo"}')
+    good = codecs.Footer("solo", "BF16", 4, None, None, (codecs.Chunk(4, "0" * 16, (1, 1)),))
+    doc = json.loads(good.to_json())
+    for bad in ({"raw_length": 8}, {"ref": "../../etc/passwd"}, {"codec": "xor"}):
+        with pytest.raises(codecs.BadEncoding):
+            codecs.parse_footer(json.dumps({**doc, **bad}).encode())
+    # A frame that claims far more than its chunk holds is refused before decompressing.
+    bomb = __import__("zstandard").ZstdCompressor().compress(b"\0" * 1_000_000)
+    chunk = codecs.Chunk(4, "0" * 16, (len(bomb), len(bomb)))
+    with pytest.raises(codecs.BadEncoding, match="wrong size"):
+        transforms.decode_chunk(good, chunk, bomb + bomb, None)
+
+
+# -- repack ------------------------------------------------------------------------
+
+
+def test_repack_stores_deltas_against_the_parent_and_exports_identical_files(
+    run, store_dir, small_chunks
+):
+    store = Store.open(store_dir)
+    refs = _register_run(store, run)
+    before, _ = usage(store)
+    result = repack(store)
+    assert result.encoded > 0 and result.bytes_after < result.bytes_before
+    # checkpoint-20's MLP is a delta against checkpoint-10's, in its own footer.
+    mine, theirs = _tensor(store, "checkpoint-20", MLP), _tensor(store, "checkpoint-10", MLP)
+    footer = _footer(store, mine.blob)
+    assert footer and (footer.codec, footer.ref) == ("delta", theirs.blob)
+    assert len(footer.chunks) > 1  # small_chunks: the span path is exercised
+    base_footer = _footer(store, _tensor(store, "base", MLP).blob)
+    assert base_footer and base_footer.codec == "solo"
+    total, rows = usage(store)
+    assert total.raw_bytes == before.raw_bytes and total.stored_bytes < 0.75 * before.stored_bytes
+    ratios = {u.name: u.ratio for u in rows}
+    assert all(ratios[f"{r}@1"] < 0.8 for r in refs if r.startswith("checkpoint")), ratios
+    for ref, folder in zip(refs, ["base", *[r for r in refs[1:-1]], "other"], strict=True):
+        out = store_dir.parent / f"export-{ref}"
+        registry.export(store, ref, out)
+        assert sha256_files(out) == sha256_files(run / folder), ref
+    assert registry.verify(store).ok
+    again = repack(store)  # nothing left to do
+    assert again.encoded == 0 and again.bytes_before == 0
+
+
+def test_span_reads_of_encoded_blobs_match_the_raw_bytes(run, store_dir, small_chunks):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    t = _tensor(store, "checkpoint-30", MLP)
+    raw = (run / "checkpoint-30" / "model.safetensors").read_bytes()
+    repack(store)
+    rng = random.Random(0)
+    with store.blobs.open(t.blob) as blob:
+        assert blob.footer is not None and blob.size == t.nbytes
+        whole = b"".join(blob.stream())
+        assert whole in raw
+        for _ in range(50):
+            start = rng.randrange(t.nbytes)
+            length = rng.randrange(t.nbytes - start + 1)
+            assert blob.read(start, length) == whole[start : start + length]
+    tensor = load_tensor(store, t)  # the lineage/merge path: the same bytes
+    assert tensor.view(torch.int16).numpy().tobytes() == whole
+
+
+def test_a_merge_over_a_compacted_store_is_identical(run, store_dir, tmp_path):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    config = {
+        "merge_method": "ties",
+        "base_model": "base",
+        "models": [
+            {"model": "checkpoint-30", "parameters": {"weight": 0.6, "density": 0.5}},
+            {"model": "other", "parameters": {"weight": 0.4, "density": 0.5}},
+        ],
+        "dtype": "bfloat16",
+    }
+    merge_models(parse_config(config), tmp_path / "raw", store=store, register=False)
+    repack(store)
+    merge_models(parse_config(config), tmp_path / "packed", store=store, register=False)
+    assert sha256_files(tmp_path / "raw") == sha256_files(tmp_path / "packed")
+
+
+def _flip(path: Path, offset: int) -> None:
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+def _problems(store: Store) -> set[tuple[str, str | None, str]]:
+    return {(p.artifact, p.tensor, p.what) for p in registry.verify(store).problems}
+
+
+@pytest.mark.parametrize("damage", ["chunk", "reference", "truncate"])
+def test_damaged_encoded_blobs_are_named_and_never_read(run, store_dir, tmp_path, damage):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    mine, theirs = _tensor(store, "checkpoint-20", MLP), _tensor(store, "checkpoint-10", MLP)
+    path = store.blobs.path(theirs.blob if damage == "reference" else mine.blob)
+    if damage == "truncate":
+        os.chmod(path, 0o644)
+        os.truncate(path, path.stat().st_size // 2)
+    else:
+        _flip(path, len(codecs.MAGIC) + 10)
+    problems = _problems(store)
+    assert ("checkpoint-20@1", MLP, "corrupt") in problems
+    if damage == "reference":
+        assert ("checkpoint-10@1", MLP, "corrupt") in problems
+    done = subprocess.run(
+        [GRAFT, "export", "checkpoint-20", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GRAFT_STORE": str(store_dir)},
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "run `graft verify`" in done.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(registry.CorruptBlob, match=f"of tensor {MLP}"):
+        load_tensor(store, mine)
+
+
+def test_gc_and_rm_keep_the_blobs_deltas_refer_to(run, store_dir, tmp_path):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    reference = _tensor(store, "checkpoint-10", MLP).blob
+    assert _footer(store, _tensor(store, "checkpoint-20", MLP).blob).ref == reference
+    for ref in ("checkpoint-10", "base"):  # the parents go; their children stay
+        registry.remove(store, ref, force=True)
+    registry.gc(store)
+    assert store.blobs.path(reference).is_file()
+    assert registry.verify(store).ok
+    registry.export(store, "checkpoint-30", tmp_path / "out")
+    assert sha256_files(tmp_path / "out") == sha256_files(run / "checkpoint-30")
+    for ref in ("checkpoint-20", "checkpoint-30", "other"):  # nothing needs them now
+        registry.remove(store, ref, force=True)
+    registry.gc(store)
+    assert list(store.blobs.keys()) == []
+
+
+def test_missing_reference_is_reported_as_such(run, store_dir):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    reference = _tensor(store, "checkpoint-10", MLP).blob
+    store.blobs.path(reference).unlink()
+    problems = _problems(store)
+    assert ("checkpoint-20@1", MLP, "missing reference") in problems
+    assert ("checkpoint-10@1", MLP, "missing") in problems
+
+
+def test_reference_chains_stay_bounded(store_dir, tmp_path, monkeypatch):
+    """A run of 12 checkpoints: no chain of deltas is longer than MAX_CHAIN."""
+    from graft.registry import repack as repack_module
+
+    monkeypatch.setattr(repack_module, "MAX_CHAIN", 3)
+    store = Store.open(store_dir)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 256, generator=g) * 0.02
+    parent = None
+    for i in range(12):
+        w = w + torch.randn(256, 256, generator=g) * 1e-4  # a slow drift, like training
+        folder = tmp_path / f"ck-{i}"
+        folder.mkdir()
+        from safetensors.torch import save_file
+
+        save_file({"w": w.to(torch.bfloat16)}, folder / "model.safetensors")
+        registry.add(store, folder, name=f"ck-{i}", parent=parent)
+        parent = f"ck-{i}"
+    repack(store)
+    depths, roots = [], set()
+    for i in range(12):
+        key, depth = _tensor(store, f"ck-{i}", "w").blob, 0
+        while (footer := _footer(store, key)) and footer.ref:
+            key, depth = footer.ref, depth + 1
+        depths.append(depth)
+        roots.add(key)
+    assert max(depths) == 3 and depths[:5] == [0, 1, 2, 3, 1], depths  # re-based on the root
+    assert roots == {_tensor(store, "ck-0", "w").blob}
+    assert registry.verify(store).ok
+
+
+def test_du_and_repack_on_the_command_line(run, store, graft):
+    _register_run(store, run)
+    result = graft_json(graft, "repack")
+    assert result["encoded"] > 0 and result["bytes_after"] < result["bytes_before"]
+    du = graft_json(graft, "du")
+    assert set(du) == {"raw_bytes", "stored_bytes", "artifacts"}
+    assert du["stored_bytes"] < du["raw_bytes"]
+    assert du["artifacts"][0]["ref"] == "base@1"
+    one = graft_json(graft, "du", "checkpoint-20")
+    [row] = one["artifacts"]
+    assert row["ref"] == "checkpoint-20@1" and row["stored_bytes"] < row["raw_bytes"]
+
+
+def test_kill_during_repack_leaves_a_sound_store_that_the_next_repack_finishes(
+    run, store_dir, tmp_path
+):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    env = {**os.environ, "GRAFT_STORE": str(store_dir)}
+    rng = random.Random(0)
+    for _ in range(10):
+        proc = subprocess.Popen([GRAFT, "repack"], env=env, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert registry.verify(store).ok
+    repack(store)
+    total, _ = usage(store)
+    assert total.stored_bytes < 0.75 * total.raw_bytes
+    for ref, folder in (("checkpoint-30", "checkpoint-30"), ("other", "other")):
+        registry.export(store, ref, tmp_path / ref)
+        assert sha256_files(tmp_path / ref) == sha256_files(run / folder)
