@@ -93,7 +93,7 @@ def add(
     parent_id = _parent_id(store, parent) if parent else None
     links = [replace(link, id=_parent_id(store, link.id)) for link in links]
 
-    with store.pin_blobs(), tempfile.TemporaryDirectory(dir=store.tmp_dir) as scratch:
+    with store.pin_blobs(), tempfile.TemporaryDirectory(dir=store.work.mine()) as scratch:
         weights = {**source.weights, **_convert_pickles(source, Path(scratch))}
         files, bytes_new = _store_files(store, source, weights, on_progress)
         artifact_id = content_id(files)

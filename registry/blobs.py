@@ -1,13 +1,16 @@
 """Content-addressed blobs: each distinct byte string stored once under its xxh3-128.
 
 Blobs live at ``blobs/<first 2 hex>/<remaining 30 hex>``, raw or encoded
-(`registry.codecs`); `BlobReader` is the one way to read their bytes back. A new blob is written
-to a temp file whose writeback starts at once; `sync()` later fsyncs the batch,
-renames each into place and fsyncs the folders, so a blob that exists is
-complete and durable. Batching lets the disk flush one blob while the next is
-written, instead of stalling on an fsync per blob. Bytes are streamed through a
-fixed buffer; nothing is ever read whole.
-"""
+(`registry.codecs`); `BlobReader` is the one way to read their bytes back.
+
+A new blob is written to a temp file (in this process's folder under tmp/)
+whose writeback starts at once; `sync()` fsyncs the batch, renames each into
+place and fsyncs the folders, so a blob that exists is complete and durable.
+Batching lets the disk flush one blob while the next is written, instead of
+stalling on an fsync per blob; a batch is published whenever it reaches
+`PUBLISH_BYTES`, so an add that is killed keeps what it had finished and its
+re-run writes only the rest. Bytes are streamed through a fixed buffer;
+nothing is ever read whole."""
 
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ import xxhash
 from graft.registry.codecs import ITEM_SIZES, BadEncoding, Footer, read_footer
 from graft.registry.errors import CorruptBlob, SourceChanged
 from graft.registry.fsutil import fsync_dir
+from graft.registry.workdirs import WorkDirs
 
 if TYPE_CHECKING:
     import numpy as np
 
 CHUNK = 8 * 1024 * 1024
+PUBLISH_BYTES = 64 * 1024 * 1024  # pending blobs are published in batches of this size
 MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
 VERIFY_HINT = "run `graft verify` for details"
 
@@ -73,11 +78,12 @@ def hash_bytes(data: bytes) -> str:
 
 
 class BlobStore:
-    def __init__(self, root: Path, tmp_dir: Path) -> None:
+    def __init__(self, root: Path, work: WorkDirs) -> None:
         self.root = root
-        self.tmp_dir = tmp_dir
+        self.work = work
         self._buf = bytearray(CHUNK)
         self._pending: dict[str, Path] = {}  # key → complete temp file, not yet renamed
+        self._pending_bytes = 0
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:]
@@ -121,7 +127,7 @@ class BlobStore:
 
     def _install(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         """Write a blob to a temp file and start its writeback; `sync()` publishes it."""
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-")
+        fd, tmp = tempfile.mkstemp(dir=self.work.mine(), prefix="blob-")
         try:
             with os.fdopen(fd, "wb") as out:
                 write(out)
@@ -133,6 +139,9 @@ class BlobStore:
                 os.unlink(tmp)
             raise
         self._pending[key] = Path(tmp)
+        self._pending_bytes += os.path.getsize(tmp)
+        if self._pending_bytes >= PUBLISH_BYTES:  # a killed writer keeps what it finished
+            self.sync()
 
     def sync(self) -> None:
         """Publish pending blobs: fsync each, rename it to its address, fsync the folders."""
@@ -150,6 +159,7 @@ class BlobStore:
         for folder in folders:
             fsync_dir(folder)
         self._pending.clear()
+        self._pending_bytes = 0
 
     def discard(self) -> None:
         """Drop pending blobs (an add that failed before `sync()`)."""
@@ -157,6 +167,7 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         self._pending.clear()
+        self._pending_bytes = 0
 
     def open(self, key: str, tensor: str | None = None) -> BlobReader:
         """Open a blob for reading; errors name `tensor` when given."""

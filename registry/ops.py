@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -306,16 +305,11 @@ def gc(store: Store, *, dry_run: bool = False) -> GcResult:
                 freed += store.blobs.size(key)
                 if not dry_run:
                     store.blobs.delete(key)
-        temps = list(store.tmp_dir.iterdir())
+        temps = 0
         if not dry_run:
             store.stat_cache.clear()  # it may name blobs just deleted
-            for p in temps:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        p.unlink()
-    return GcResult(removed, freed, len(temps))
+            temps = store.work.sweep(everything=True)  # live writers' folders stay
+    return GcResult(removed, freed, temps)
 
 
 def remove(store: Store, ref: str, *, force: bool = False) -> Manifest:

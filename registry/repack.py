@@ -227,7 +227,7 @@ def _encode(store: Store, target: Target) -> int | None:
         if source.footer:
             return source.stored_size  # encoded meanwhile by someone else
         ref = stack.enter_context(store.blobs.open(target.ref)) if target.ref else None
-        fd, tmp = tempfile.mkstemp(dir=store.tmp_dir, prefix="repack-")
+        fd, tmp = tempfile.mkstemp(dir=store.work.mine(), prefix="repack-")
         try:
             with os.fdopen(fd, "wb") as out:
                 _write_encoded(out, target, source, ref)

@@ -20,6 +20,7 @@ from pathlib import Path
 from graft.registry.blobs import BlobStore, hash_bytes
 from graft.registry.fsutil import write_atomic
 from graft.registry.manifest import FileRecord, TensorRecord
+from graft.registry.workdirs import WorkDirs
 
 RACY_SECONDS = 3
 
@@ -30,9 +31,9 @@ def file_identity(st: os.stat_result) -> list[int]:
 
 
 class StatCache:
-    def __init__(self, root: Path, tmp_dir: Path, blobs: BlobStore) -> None:
+    def __init__(self, root: Path, work: WorkDirs, blobs: BlobStore) -> None:
         self.root = root
-        self.tmp_dir = tmp_dir
+        self.work = work
         self.blobs = blobs
 
     def _entry(self, path: Path) -> Path:
@@ -63,7 +64,7 @@ class StatCache:
             return
         entry = {"identity": file_identity(st), "record": asdict(record)}
         with contextlib.suppress(OSError):  # a cache that cannot be written is no cache
-            write_atomic(self._entry(path), json.dumps(entry).encode(), self.tmp_dir)
+            write_atomic(self._entry(path), json.dumps(entry).encode(), self.work.mine())
 
     def clear(self) -> None:
         for p in self.root.glob("*.json"):

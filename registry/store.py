@@ -8,7 +8,9 @@ Layout of a store folder::
     catalog.duckdb        the index, rebuilt by `graft reindex`
     cache/                what each added file hashed to (skips re-hashing it)
     locks/                flock files (catalog, gc)
-    tmp/                  temp files, renamed into blobs/ when complete
+    tmp/w-<pid>-…/        each writing process's temp files, renamed into blobs/ when
+                          complete; a writer that died leaves its folder unlocked,
+                          and the next writer removes it
 
 Every catalog write first re-syncs the catalog with the manifest folder, so a
 crash between writing a manifest and indexing it heals at the next write.
@@ -30,6 +32,7 @@ from graft.registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
 from graft.registry.fsutil import file_lock, write_atomic
 from graft.registry.manifest import Manifest, parse_manifest
 from graft.registry.statcache import StatCache
+from graft.registry.workdirs import WorkDirs
 
 MARKER = "graft-store.json"
 MARKER_CONTENT = {"graft_store": 1}
@@ -48,8 +51,9 @@ class Store:
         self.manifests_dir = root / "manifests"
         self.tmp_dir = root / "tmp"
         self.locks_dir = root / "locks"
-        self.blobs = BlobStore(root / "blobs", self.tmp_dir)
-        self.stat_cache = StatCache(root / "cache", self.tmp_dir, self.blobs)
+        self.work = WorkDirs(self.tmp_dir)  # this process's temp folder, and the dead ones'
+        self.blobs = BlobStore(root / "blobs", self.work)
+        self.stat_cache = StatCache(root / "cache", self.work, self.blobs)
         timeout = float(os.environ.get("GRAFT_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         self.lock_timeout = timeout
         self.catalog = Catalog(root / "catalog.duckdb", self.locks_dir / "catalog.lock", timeout)
@@ -107,7 +111,7 @@ class Store:
 
     def write_manifest(self, manifest: Manifest) -> int:
         data = manifest.to_json()
-        write_atomic(self.manifest_path(manifest.id), data, self.tmp_dir)
+        write_atomic(self.manifest_path(manifest.id), data, self.work.mine())
         return len(data)
 
     def remove_manifest(self, artifact_id: str) -> None:

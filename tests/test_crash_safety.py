@@ -442,3 +442,27 @@ def test_merge_killed_at_random_moments(model: Path, model_v2: Path, tmp_path: P
     graft_ok(store, *args, out)
     assert sha256_files(out) == expected
     assert list(tmp_path.glob(".out.partial-*")) == []  # removed: their processes are gone
+
+
+def test_a_killed_add_leaves_no_temp_files_and_its_rerun_writes_only_the_rest(
+    model: Path, calibration: Calibration, tmp_path: Path
+) -> None:
+    """Blobs are published in batches as they are written, so a re-run after a kill
+    writes only what the killed add had not finished; and the next command that
+    writes removes the dead add's temp files."""
+    store = tmp_path / "store"
+    t = calibration.first
+    model_bytes = sum(p.stat().st_size for p in model.iterdir())
+    kept = []
+    for i in range(10):  # kills spread over the whole time blobs are written
+        finished = kill_after(store, t.work + (t.manifest - t.work) * (i + 0.5) / 10, "add", model)
+        assert finished in (None, 0)
+        published = sum(p.stat().st_size for p in blob_files(store))
+        rerun = json.loads(graft_ok(store, "add", model, "--json").stdout)
+        assert temp_leftovers(store) == 0  # the dead add's folder went, and the re-run's
+        assert rerun["bytes_new"] <= model_bytes - published + 64 * 1024  # + its manifest
+        kept.append(published if finished is None else 0)
+        reset(store, rerun["id"], gc=True)
+    # Some kill came after a batch was published but before the add had finished.
+    assert any(0 < k < model_bytes - 4 * 2**20 for k in kept), kept
+    assert_sound(store)
