@@ -112,7 +112,7 @@ def main() -> None:
             times["cp"].append(
                 timed(["sh", "-c", f"cp -r {' '.join(map(str, folders))} {copies} && sync"])
             )
-            env = {"GRAFT_STORE": str(store), "PATH": "/usr/bin:/bin"}
+            env = {"GRAFT_STORE": str(store), "PATH": "/usr/bin:/bin", "GRAFT_REPACK": "off"}
             start = time.perf_counter()
             for folder, parent in zip(folders, parents, strict=True):
                 extra = ["--parent", parent.name] if parent else []

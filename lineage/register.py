@@ -10,6 +10,7 @@ from graft.lineage.hub import is_hub_ref, resolve_hub
 from graft.lineage.infer import ParentGuesser
 from graft.lineage.record import ensure_deltas
 from graft.registry import AddResult, ArtifactNotFound, Store, add
+from graft.registry.repack import after_add, repack_mode
 
 
 def register(
@@ -21,6 +22,8 @@ def register(
     name: str | None = None,
     store: Store | str | Path | None = None,
     infer_parent: bool = False,
+    repack: bool = True,
+    compress: bool = True,
     **options: Any,
 ) -> AddResult:
     """Add `path` (a file, a folder, or `hf:ORG/NAME[@REVISION]`) to the store
@@ -31,8 +34,11 @@ def register(
     the model card's `base_model`) becomes the parent when it is registered;
     without `method`, the declared one (the PEFT type, a card tag) is used.
     With `infer_parent`, a parent still unknown is guessed (`lineage.infer`).
+    Then the store compacts in the background (`registry.repack.after_add`):
+    `repack=False` skips that, `compress=False` keeps this artifact's blobs raw.
     """
     store = store if isinstance(store, Store) else Store.open(Path(store) if store else None)
+    mode = repack_mode(store) if repack else "off"
     if is_hub_ref(str(path)):
         path, repo = resolve_hub(str(path))
         name = name or repo
@@ -47,6 +53,7 @@ def register(
         options["choose_parent"] = ParentGuesser(store)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
     ensure_deltas(store, [result.manifest.id])
+    after_add(store, result.manifest, mode="off" if result.existed else mode, compress=compress)
     return result
 
 

@@ -15,6 +15,7 @@ from graft.registry.catalog import Connection, delete_artifacts, insert_manifest
 from graft.registry.errors import CorruptBlob, GraftError, StoreError
 from graft.registry.fsutil import fsync_dir
 from graft.registry.manifest import Manifest
+from graft.registry.repack import Usage, artifact_usage
 from graft.registry.store import Store
 
 
@@ -99,6 +100,7 @@ class ArtifactDetail:
     ancestors: list[LineageStep]
     children: list[str]  # NAME@N of each direct child
     shared: list[SharedTensors]  # one per direct parent
+    usage: Usage  # raw vs stored bytes of its blobs
 
 
 def show(store: Store, ref: str) -> ArtifactDetail:
@@ -138,7 +140,8 @@ def show(store: Store, ref: str) -> ArtifactDetail:
                 [artifact_id],
             ).fetchall()
         ]
-    return ArtifactDetail(store.load_manifest(artifact_id), ancestors, children, shared)
+    manifest = store.load_manifest(artifact_id)
+    return ArtifactDetail(manifest, ancestors, children, shared, artifact_usage(store, manifest))
 
 
 def export(

@@ -12,20 +12,25 @@ one: a reader that has the raw one open keeps reading it, and a kill at any
 moment leaves every blob either raw or completely encoded. Repack holds the
 store's shared pin (so `gc` cannot delete a reference it is about to use)
 and a lock of its own (one repack at a time).
+
+After an add, `after_add` leaves a request (`locks/repack-wanted`) and starts
+`python -m graft.registry.repack STORE` detached, like `git gc --auto`. A
+background repack that finds another running leaves: the running one sees
+the request when it is done, and goes round again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO, Literal, cast
 
 from graft.registry.blobs import BlobReader
 from graft.registry.codecs import (
@@ -39,14 +44,19 @@ from graft.registry.codecs import (
     Footer,
     chunk_spans,
 )
-from graft.registry.errors import CorruptBlob, StoreError
+from graft.registry.errors import CorruptBlob, GraftError, StoreBusy, StoreError
 from graft.registry.fsutil import file_lock, fsync_dir
 from graft.registry.manifest import Manifest, TensorRecord
+from graft.registry.settings import load as load_settings
 from graft.registry.store import Store
-from graft.registry.transforms import convert_reference, encode_chunk
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_CHAIN = 8  # deltas of deltas: deeper chains are re-based on their root, like a key frame
 MIN_BYTES = 64 * 1024  # smaller blobs stay raw: frames and footer would eat the gain
+WANTED = "repack-wanted"  # in locks/: an add asked for a repack
+KEPT_RAW = "repack-kept-raw"  # in cache/: blobs tried, or added with --no-compress
 
 
 @dataclass(frozen=True)
@@ -88,14 +98,32 @@ def repack(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RepackResult:
-    """Encode the raw tensor blobs of `ref` (default: every artifact)."""
-    lock = store.locks_dir / "repack.lock"
-    with (
-        store.pin_blobs(),
-        file_lock(lock, shared=False, timeout=store.lock_timeout, what="the repack lock"),
-    ):
+    """Encode the raw tensor blobs of `ref` (default: every artifact), once any
+    repack already running has finished."""
+    if not load_settings(store).compress:
+        raise StoreError(
+            f"{store.root}: compression is off for this store",
+            "turn it on with `graft config compress true`",
+        )
+    with _repack_lock(store, store.lock_timeout):
+        return _repack(store, ref, workers, on_progress)
+
+
+def _repack_lock(store: Store, timeout: float) -> contextlib.AbstractContextManager[None]:
+    return file_lock(
+        store.locks_dir / "repack.lock", shared=False, timeout=timeout, what="the repack lock"
+    )
+
+
+def _repack(
+    store: Store,
+    ref: str | None,
+    workers: int | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> RepackResult:
+    with store.pin_blobs():
         manifests = [store.resolve_ref(ref)] if ref else _oldest_first(store)
-        tried = _TriedLog(store.stat_cache.root / "repack-kept-raw")
+        tried = _TriedLog(store.stat_cache.root / KEPT_RAW)
         # What is raw now; references are chosen wave by wave, once the parents are done.
         waves, seen = [], set(tried.keys)
         for m in manifests:
@@ -125,6 +153,56 @@ def repack(
     return RepackResult(encoded, kept, before, after)
 
 
+RepackMode = Literal["background", "inline", "off"]
+
+
+def repack_mode(store: Store) -> RepackMode:
+    """How an add compacts the store: $GRAFT_REPACK, else the store's settings.
+    Checked before an add writes anything, so a bad value stops it early."""
+    settings = load_settings(store)
+    mode = os.environ.get("GRAFT_REPACK") or ("background" if settings.auto_repack else "off")
+    if mode not in ("background", "inline", "off"):
+        raise StoreError(
+            f"GRAFT_REPACK={mode!r} is not one of background, inline, off",
+            "fix or unset GRAFT_REPACK",
+        )
+    return cast(RepackMode, mode) if settings.compress else "off"
+
+
+def after_add(store: Store, manifest: Manifest, *, mode: RepackMode, compress: bool) -> None:
+    """What follows an add: with `compress` false its blobs stay raw for good; then
+    the store compacts as `mode` says."""
+    if not compress:
+        tried = _TriedLog(store.stat_cache.root / KEPT_RAW)
+        for _, t in manifest.tensors:
+            tried.add(t.blob)
+    if mode == "inline":
+        with _repack_lock(store, store.lock_timeout):
+            _repack(store, None, None, None)
+    elif mode == "background":
+        (store.locks_dir / WANTED).touch()
+        subprocess.Popen(
+            [sys.executable, "-m", "graft.registry.repack", str(store.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the add, and its terminal
+        )
+
+
+def run_requested(store: Store) -> None:
+    """Repack while requests keep coming; leave at once when another repack runs."""
+    wanted = store.locks_dir / WANTED
+    while wanted.exists():
+        try:
+            with _repack_lock(store, 0):
+                while wanted.exists():  # a request that comes during a pass gets a pass
+                    wanted.unlink(missing_ok=True)
+                    _repack(store, None, None, None)
+        except StoreBusy:
+            return  # the one running sees the request when it is done
+
+
 def _oldest_first(store: Store) -> list[Manifest]:
     manifests = []
     for artifact_id in store.manifest_ids():
@@ -134,7 +212,8 @@ def _oldest_first(store: Store) -> list[Manifest]:
 
 
 class _TriedLog:
-    """Keys tried and kept raw, so later repacks skip them (an append-only file)."""
+    """Keys to keep raw: tried and not worth encoding, or added with --no-compress
+    (an append-only file, so later repacks skip them)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -251,6 +330,8 @@ class _NotWorthIt(Exception):
 
 
 def _reference_span(target: Target, ref: BlobReader, offset: int, length: int) -> np.ndarray:
+    from graft.registry.transforms import convert_reference  # numpy: only when encoding
+
     assert target.ref_dtype is not None
     mine, theirs = ITEM_SIZES[target.dtype], ITEM_SIZES[target.ref_dtype]
     data = ref.read(offset // mine * theirs, length // mine * theirs)
@@ -261,6 +342,8 @@ def _write_encoded(
     out: BinaryIO, target: Target, source: BlobReader, ref: BlobReader | None
 ) -> None:
     """Write the encoded blob: a delta when it encodes the first chunk smaller than solo."""
+    from graft.registry.transforms import encode_chunk  # numpy: only when encoding
+
     out.write(MAGIC)
     codec: Codec = "delta" if ref else "solo"
     chunks: list[Chunk] = []
@@ -294,28 +377,31 @@ def _write_encoded(
 
 
 def usage(store: Store, ref: str | None = None) -> tuple[Usage, list[Usage]]:
-    """Raw vs stored bytes of the whole store, and of each artifact (or of `ref`).
-
-    An artifact counts every blob it names once, shared or not; the store
-    counts each blob on disk once.
-    """
-    sizes: dict[str, tuple[int, int]] = {}  # key -> (raw, stored)
-
-    def size_of(key: str) -> tuple[int, int]:
-        if key not in sizes:
-            try:
-                with store.blobs.open(key) as blob:
-                    sizes[key] = (blob.size, blob.stored_size)
-            except CorruptBlob:
-                sizes[key] = (0, 0)
-        return sizes[key]
-
+    """Raw vs stored bytes of the whole store (each blob on disk once), and of each
+    artifact (or of `ref`)."""
     manifests = [store.resolve_ref(ref)] if ref else _oldest_first(store)
-    rows = []
-    for m in manifests:
-        keys = {k for f in m.files for k in f.blob_keys()}
-        raw = sum(size_of(k)[0] for k in keys)
-        rows.append(Usage(m.ref, raw, sum(size_of(k)[1] for k in keys)))
-    on_disk = [size_of(key) for key in list(store.blobs.keys())]
+    rows = [artifact_usage(store, m) for m in manifests]
+    on_disk = [_sizes(store, key) for key in list(store.blobs.keys())]
     total = Usage("store", sum(r for r, _ in on_disk), sum(s for _, s in on_disk))
     return total, rows
+
+
+def artifact_usage(store: Store, manifest: Manifest) -> Usage:
+    """Raw vs stored bytes of the blobs an artifact names, each once, shared or not."""
+    sizes = [_sizes(store, k) for k in {k for f in manifest.files for k in f.blob_keys()}]
+    return Usage(manifest.ref, sum(r for r, _ in sizes), sum(s for _, s in sizes))
+
+
+def _sizes(store: Store, key: str) -> tuple[int, int]:
+    """(raw, stored) bytes of a blob; (0, 0) when it is missing or damaged."""
+    try:
+        with store.blobs.open(key) as blob:
+            return blob.size, blob.stored_size
+    except CorruptBlob:
+        return 0, 0
+
+if __name__ == "__main__":  # the background repack that `after_add` starts
+    try:
+        run_requested(Store.open(Path(sys.argv[1])))
+    except GraftError:
+        sys.exit(1)  # nobody is listening; the next add or `graft repack` tries again

@@ -28,6 +28,7 @@ def anyio_backend() -> str:
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("GRAFT_REPACK", "off")  # no background repacks unless a test asks
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_the_cli_starts_without_importing_torch_or_numpy():
     """torch costs a second per command, numpy ~50 ms: only computing deltas, merging
     and encoding or decoding blobs need them."""
     code = (
-        "import sys, graft.tui.cli, graft.lineage; "
+        "import sys, graft.tui.cli, graft.lineage, graft.registry.repack; "
         "print(sorted(m for m in ('torch', 'numpy', 'zstandard') if m in sys.modules))"
     )
     loaded = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip()

@@ -444,25 +444,50 @@ def test_merge_killed_at_random_moments(model: Path, model_v2: Path, tmp_path: P
     assert list(tmp_path.glob(".out.partial-*")) == []  # removed: their processes are gone
 
 
+# A real `graft add` that SIGKILLs itself once it has written its N-th blob.
+KILL_AFTER_BLOBS = r"""
+import os, signal, sys
+from graft.registry.blobs import BlobStore
+from graft.tui.cli import main
+
+limit, installs, install = int(sys.argv[1]), 0, BlobStore._install
+
+def _install(self, key, write):
+    global installs
+    install(self, key, write)
+    installs += 1
+    if installs == limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+BlobStore._install = _install
+sys.argv = ["graft", *sys.argv[2:]]
+main()
+"""
+
+
 def test_a_killed_add_leaves_no_temp_files_and_its_rerun_writes_only_the_rest(
-    model: Path, calibration: Calibration, tmp_path: Path
+    model: Path, tmp_path: Path
 ) -> None:
     """Blobs are published in batches as they are written, so a re-run after a kill
     writes only what the killed add had not finished; and the next command that
     writes removes the dead add's temp files."""
     store = tmp_path / "store"
-    t = calibration.first
     model_bytes = sum(p.stat().st_size for p in model.iterdir())
-    kept = []
-    for i in range(10):  # kills spread over the whole time blobs are written
-        finished = kill_after(store, t.work + (t.manifest - t.work) * (i + 0.5) / 10, "add", model)
-        assert finished in (None, 0)
-        published = sum(p.stat().st_size for p in blob_files(store))
+    published = []
+    for limit in range(4, 44, 4):  # the model has 40 tensors of 2 MiB and 4 other blobs
+        killed = subprocess.run(
+            [sys.executable, "-c", KILL_AFTER_BLOBS, str(limit), "add", model],
+            env=graft_env(store),
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert temp_leftovers(store) == 1  # the dead add's folder, with its temp blobs
+        published.append(sum(p.stat().st_size for p in blob_files(store)))
         rerun = json.loads(graft_ok(store, "add", model, "--json").stdout)
-        assert temp_leftovers(store) == 0  # the dead add's folder went, and the re-run's
-        assert rerun["bytes_new"] <= model_bytes - published + 64 * 1024  # + its manifest
-        kept.append(published if finished is None else 0)
+        assert temp_leftovers(store) == 0  # the re-run removed it, and its own
+        assert rerun["bytes_new"] <= model_bytes - published[-1] + 64 * 1024  # + manifest
         reset(store, rerun["id"], gc=True)
-    # Some kill came after a batch was published but before the add had finished.
-    assert any(0 < k < model_bytes - 4 * 2**20 for k in kept), kept
+    # Past 64 MiB a batch had been published: the re-runs wrote only the rest.
+    assert published[:7] == [0] * 7 and all(p >= 64 * 2**20 for p in published[8:]), published
     assert_sound(store)

@@ -311,6 +311,9 @@ def test_du_and_repack_on_the_command_line(run, store, graft):
     one = graft_json(graft, "du", "checkpoint-20")
     [row] = one["artifacts"]
     assert row["ref"] == "checkpoint-20@1" and row["stored_bytes"] < row["raw_bytes"]
+    shown = registry.show(store, "checkpoint-20").usage
+    assert (shown.raw_bytes, shown.stored_bytes) == (row["raw_bytes"], row["stored_bytes"])
+    assert f"({shown.ratio:.2f} of its blobs' bytes)" in graft("show", "checkpoint-20").stdout
 
 
 def test_kill_during_repack_leaves_a_sound_store_that_the_next_repack_finishes(
@@ -332,3 +335,118 @@ def test_kill_during_repack_leaves_a_sound_store_that_the_next_repack_finishes(
     for ref, folder in (("checkpoint-30", "checkpoint-30"), ("other", "other")):
         registry.export(store, ref, tmp_path / ref)
         assert sha256_files(tmp_path / ref) == sha256_files(run / folder)
+
+
+# -- background repacks and settings ---------------------------------------------------
+
+
+def _graft(store_dir: Path, *args: str | Path, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [GRAFT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GRAFT_STORE": str(store_dir), **(env or {})},
+        timeout=300,
+    )
+
+
+def _add_run_by_cli(store_dir: Path, run: Path, *extra: str, env=None) -> None:
+    parent = None
+    for folder in [run / "base", *sorted(run.glob("checkpoint-*"))]:
+        args = ["add", folder, "--name", folder.name, *extra]
+        done = _graft(store_dir, *args, *(["--parent", parent] if parent else []), env=env)
+        assert done.returncode == 0, done.stderr
+        parent = folder.name
+
+
+def _wait_for_background_repacks(store_dir: Path, timeout: float = 120) -> None:
+    """Until no repack is asked for or running (the lock is free and no request waits)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    lock = store_dir / "locks" / "repack.lock"
+    while time.monotonic() < deadline:
+        if not (store_dir / "locks" / "repack-wanted").exists():
+            with open(lock, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("the background repack did not finish")
+
+
+def test_an_add_starts_a_repack_in_the_background(run, store_dir, monkeypatch):
+    monkeypatch.delenv("GRAFT_REPACK")  # the default: background
+    _add_run_by_cli(store_dir, run)
+    _wait_for_background_repacks(store_dir)
+    store = Store.open(store_dir)
+    total, _ = usage(store)
+    assert total.stored_bytes < 0.75 * total.raw_bytes
+    assert repack(store).encoded == 0  # the background repack left nothing to do
+    assert registry.verify(store).ok
+
+
+def test_no_repack_and_no_compress(run, store_dir):
+    _add_run_by_cli(store_dir, run, "--no-repack", env={"GRAFT_REPACK": "background"})
+    assert not (store_dir / "locks" / "repack-wanted").exists()  # nothing was started
+    store = Store.open(store_dir)
+    total, _ = usage(store)
+    assert total.stored_bytes == total.raw_bytes
+    inline = {"GRAFT_REPACK": "inline"}
+    done = _graft(store_dir, "add", run / "other", "--parent", "base", "--no-compress", env=inline)
+    assert done.returncode == 0, done.stderr
+    _, rows = usage(store)
+    ratios = {u.name: u.ratio for u in rows}
+    assert ratios["other@1"] == 1.0  # kept raw, while the inline repack encoded the rest
+    assert ratios["checkpoint-30@1"] < 0.8 and ratios["base@1"] < 0.9, ratios
+
+
+def test_store_settings(store_dir, run):
+    assert _graft(store_dir, "config").stdout == "compress = true\nauto_repack = true\n"
+    assert _graft(store_dir, "config", "compress", "false").returncode == 0
+    assert json.loads(_graft(store_dir, "config", "--json").stdout) == {
+        "compress": False,
+        "auto_repack": True,
+    }
+    refused = _graft(store_dir, "repack")
+    assert refused.returncode == 1 and "compression is off" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    _add_run_by_cli(store_dir, run, env={"GRAFT_REPACK": "background"})
+    assert not (store_dir / "locks" / "repack-wanted").exists()
+    for bad, words in (
+        (["config", "colour", "true"], "unknown setting 'colour'"),
+        (["config", "compress", "maybe"], "must be true or false"),
+    ):
+        done = _graft(store_dir, *bad)
+        assert done.returncode == 1 and words in done.stderr and "Traceback" not in done.stderr
+    assert _graft(store_dir, "config", "compress", "true").returncode == 0
+    bad_env = _graft(store_dir, "add", run / "other", env={"GRAFT_REPACK": "sometimes"})
+    assert bad_env.returncode == 1 and "GRAFT_REPACK='sometimes'" in bad_env.stderr
+    (store_dir / "settings.json").write_text('{"compress": "yes"}')
+    done = _graft(store_dir, "add", run / "other")
+    assert done.returncode == 1 and "each true or false" in done.stderr
+    assert "other" not in _graft(store_dir, "ls").stdout  # refused before it was added
+
+
+def test_kill_during_a_background_repack(run, store_dir, tmp_path):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    rng = random.Random(1)
+    env = {**os.environ, "GRAFT_STORE": str(store_dir)}
+    for _ in range(10):
+        (store_dir / "locks" / "repack-wanted").touch()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "graft.registry.repack", str(store_dir)],
+            env=env,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert registry.verify(store).ok
+    repack(store)
+    for ref in ("checkpoint-30", "other"):
+        registry.export(store, ref, tmp_path / ref)
+        assert sha256_files(tmp_path / ref) == sha256_files(run / ref)

@@ -97,6 +97,8 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
     is_flag=True,
     help="Convert .bin/.pt weights with torch.load(weights_only=True) instead of refusing.",
 )
+@click.option("--no-repack", is_flag=True, help="Do not start a background repack afterwards.")
+@click.option("--no-compress", is_flag=True, help="Keep this artifact's blobs raw for good.")
 @json_option
 @with_store
 def add(
@@ -109,11 +111,14 @@ def add(
     kind: Any,
     infer_parent: bool,
     allow_pickle: bool,
+    no_repack: bool,
+    no_compress: bool,
     as_json: bool,
 ) -> None:
     """Register a safetensors file, model, adapter or checkpoint folder, or hf:ORG/NAME.
 
     With a parent, it also records which tensors changed against it (`graft touched`).
+    Then a repack starts in the background, to store what changed compactly.
     """
     pairs = dict(_key_value(m) for m in meta)
     guesser = lineage.ParentGuesser(store) if infer_parent else None
@@ -129,6 +134,8 @@ def add(
             choose_parent=guesser,
             allow_pickle=allow_pickle,
             on_progress=on_progress,
+            repack=not no_repack,
+            compress=not no_compress,
         )
     m = result.manifest
     suggestion = None
@@ -619,6 +626,30 @@ def repack(store: Store, ref: str | None, workers: int | None, as_json: bool) ->
         f"{render.human_size(result.bytes_before)} → {render.human_size(result.bytes_after)}",
         markup=False,
     )
+
+
+@cli.command()
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+@json_option
+@with_store
+def config(store: Store, key: str | None, value: str | None, as_json: bool) -> None:
+    """Show the store's settings, or set KEY to VALUE (compress, auto_repack: true/false)."""
+    from dataclasses import asdict
+
+    from graft.registry import settings
+
+    if key is None:
+        current = settings.load(store)
+    elif value is None:
+        raise click.UsageError(f"give a value for {key}: true or false")
+    else:
+        current = settings.save(store, key, value)
+    if as_json:
+        render.print_json(asdict(current))
+    else:
+        for k, v in asdict(current).items():
+            render.out.print(f"{k} = {str(v).lower()}", markup=False)
 
 
 @cli.command()

@@ -142,6 +142,8 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
     summary.add_row(
         "size", f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors"
     )
+    u = detail.usage
+    summary.add_row("stored", f"{human_size(u.stored_bytes)} ({u.ratio:.2f} of its blobs' bytes)")
     for key, value in m.meta.items():
         summary.add_row(f"meta {key}", value)
     for s in detail.shared:
