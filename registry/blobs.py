@@ -186,12 +186,12 @@ class BlobStore:
                 on_bytes(len(chunk))
 
     def reference(self, key: str) -> str | None:
-        """The blob an encoded blob is a delta against (None for raw, solo or missing)."""
-        try:
-            with self.open(key) as blob:
-                return blob.footer.ref if blob.footer else None
-        except CorruptBlob:
+        """The blob an encoded blob is a delta against (None for raw, solo or missing);
+        CorruptBlob when its footer is damaged, so that nobody guesses."""
+        if not self.path(key).is_file():
             return None
+        with self.open(key) as blob:
+            return blob.footer.ref if blob.footer else None
 
     def keys(self) -> Iterator[str]:
         for prefix in sorted(self.root.iterdir()):
@@ -233,10 +233,7 @@ class BlobReader:
             raise CorruptBlob(f"{what} is missing", VERIFY_HINT) from e
         try:
             self.stored_size = os.fstat(self._fd).st_size
-            self.footer: Footer | None = read_footer(self.stored_size, self._pread)
-        except BadEncoding as e:
-            self.close()
-            raise CorruptBlob(f"{what} is damaged: {e}", VERIFY_HINT) from e
+            self.footer: Footer | None = self._footer()
         except BaseException:
             self.close()
             raise
@@ -244,6 +241,20 @@ class BlobReader:
         if self.footer:
             self._chunks = list(self.footer.chunk_starts())
             self._raw_starts = [raw for _, raw, _ in self._chunks]
+
+    def _footer(self) -> Footer | None:
+        try:
+            return read_footer(self.stored_size, self._pread, self.key)
+        except BadEncoding as e:
+            if self._stored_bytes_hash_to_key():  # raw bytes that only look encoded
+                return None
+            raise CorruptBlob(f"{self.what} is damaged: {e}", VERIFY_HINT) from e
+
+    def _stored_bytes_hash_to_key(self) -> bool:
+        h = xxhash.xxh3_128()
+        for offset in range(0, self.stored_size, CHUNK):
+            h.update(self._pread(offset, min(CHUNK, self.stored_size - offset)))
+        return h.hexdigest() == self.key
 
     def __enter__(self) -> BlobReader:
         return self

@@ -68,6 +68,7 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Footer:
+    key: str  # the blob's own key: raw bytes that merely look encoded do not match it
     codec: Codec
     dtype: str
     raw_length: int
@@ -82,6 +83,7 @@ class Footer:
     def to_json(self) -> bytes:
         doc = {
             "format": FORMAT,
+            "key": self.key,
             "codec": self.codec,
             "dtype": self.dtype,
             "raw_length": self.raw_length,
@@ -108,10 +110,12 @@ def parse_footer(data: bytes) -> Footer:
             Chunk(int(n), str(h), tuple(int(p) for p in planes)) for n, h, planes in doc["chunks"]
         )
         footer = Footer(
+            doc["key"],
             doc["codec"], doc["dtype"], int(doc["raw_length"]), doc["ref"], doc["ref_dtype"], chunks
         )
         ok = (
             doc["format"] == FORMAT
+            and _is_key(footer.key)
             and footer.codec in ("solo", "delta")
             and footer.dtype in ITEM_SIZES
             and (footer.codec == "solo") == (footer.ref is None)
@@ -137,14 +141,16 @@ def _is_key(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
-def read_footer(size: int, pread: Callable[[int, int], bytes]) -> Footer | None:
-    """The footer of a stored blob of `size` bytes, or None when it is stored raw."""
+def read_footer(size: int, pread: Callable[[int, int], bytes], key: str) -> Footer | None:
+    """The footer of blob `key`, stored in `size` bytes; None when it is stored raw."""
     if size < len(MAGIC) + TAIL.size or pread(0, len(MAGIC)) != MAGIC:
         return None
     length, magic = TAIL.unpack(pread(size - TAIL.size, TAIL.size))
     if magic != MAGIC or not 0 < length <= min(MAX_FOOTER, size - len(MAGIC) - TAIL.size):
         raise BadEncoding("no footer where the blob should end")
     footer = parse_footer(pread(size - TAIL.size - length, length))
+    if footer.key != key:
+        raise BadEncoding(f"its footer belongs to blob {footer.key}")
     body = sum(sum(c.planes) for c in footer.chunks)
     if len(MAGIC) + body + length + TAIL.size != size:
         raise BadEncoding("chunk sizes do not add up to the blob's size")

@@ -297,7 +297,14 @@ def gc(store: Store, *, dry_run: bool = False) -> GcResult:
         # An encoded blob is a delta against another: keep every chain whole.
         todo = list(referenced)
         while todo:
-            ref = store.blobs.reference(todo.pop())
+            key = todo.pop()
+            try:
+                ref = store.blobs.reference(key)
+            except CorruptBlob as e:
+                raise StoreError(
+                    f"{e.message}; gc cannot tell which blobs it refers to",
+                    "run `graft verify`, then restore or remove what it reports",
+                ) from e
             if ref and ref not in referenced:
                 referenced.add(ref)
                 todo.append(ref)

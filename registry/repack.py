@@ -364,6 +364,7 @@ def _write_encoded(
         chunks.append(chunk)
     delta = codec == "delta"
     footer = Footer(
+        target.key,
         codec,
         target.dtype,
         target.nbytes,

@@ -88,7 +88,7 @@ def test_delta_chunks_decode_to_the_exact_bits(dtype, ref_dtype):
         parent.view(_UINT_TORCH[ref_dtype]).numpy().tobytes(), ref_dtype, dtype
     )
     chunk, frames = transforms.encode_chunk("delta", dtype, raw, ref)
-    footer = codecs.Footer("delta", dtype, len(raw), "0" * 32, ref_dtype, (chunk,))
+    footer = codecs.Footer("1" * 32, "delta", dtype, len(raw), "0" * 32, ref_dtype, (chunk,))
     assert transforms.decode_chunk(footer, chunk, b"".join(frames), ref) == raw
 
 
@@ -110,14 +110,15 @@ def test_solo_chunks_of_every_width_decode_exactly():
     for dtype, width in codecs.ITEM_SIZES.items():
         raw = rng.integers(0, 256, 4000 * width, dtype=np.uint8).tobytes()
         chunk, frames = transforms.encode_chunk("solo", dtype, raw, None)
-        footer = codecs.Footer("solo", dtype, len(raw), None, None, (chunk,))
+        footer = codecs.Footer("1" * 32, "solo", dtype, len(raw), None, None, (chunk,))
         assert transforms.decode_chunk(footer, chunk, b"".join(frames), None) == raw, dtype
 
 
 def test_hostile_footers_and_frames_are_refused():
     with pytest.raises(codecs.BadEncoding):
         codecs.parse_footer(b'{"format": 1, "codec": "solo"}')
-    good = codecs.Footer("solo", "BF16", 4, None, None, (codecs.Chunk(4, "0" * 16, (1, 1)),))
+    one_chunk = (codecs.Chunk(4, "0" * 16, (1, 1)),)
+    good = codecs.Footer("1" * 32, "solo", "BF16", 4, None, None, one_chunk)
     doc = json.loads(good.to_json())
     for bad in ({"raw_length": 8}, {"ref": "../../etc/passwd"}, {"codec": "xor"}):
         with pytest.raises(codecs.BadEncoding):
@@ -450,3 +451,36 @@ def test_kill_during_a_background_repack(run, store_dir, tmp_path):
     for ref in ("checkpoint-30", "other"):
         registry.export(store, ref, tmp_path / ref)
         assert sha256_files(tmp_path / ref) == sha256_files(run / ref)
+
+
+def test_gc_refuses_when_it_cannot_read_what_a_blob_refers_to(run, store_dir):
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    path = store.blobs.path(_tensor(store, "checkpoint-20", MLP).blob)
+    os.chmod(path, 0o644)
+    os.truncate(path, path.stat().st_size - 3)  # the footer's tail is gone
+    before = sorted(store.blobs.keys())
+    done = _graft(store_dir, "gc")
+    assert done.returncode == 1 and "gc cannot tell which blobs it refers to" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(store.blobs.keys()) == before
+
+
+def test_raw_bytes_that_look_encoded_are_read_as_they_are(run, store_dir, tmp_path):
+    """An encoded blob's file, added as a file of another artifact, is that artifact's raw
+    bytes: its footer names another key, so it is not decoded."""
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    encoded = store.blobs.path(_tensor(store, "checkpoint-20", MLP).blob).read_bytes()
+    folder = tmp_path / "lookalike"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((run / "base" / "model.safetensors").read_bytes())
+    (folder / "README.md").write_bytes(encoded)
+    registry.add(store, folder, name="lookalike")
+    registry.export(store, "lookalike", tmp_path / "out")
+    assert sha256_files(tmp_path / "out") == sha256_files(folder)
+    assert registry.verify(store).ok
+    registry.gc(store)
+    assert registry.verify(store).ok
