@@ -154,6 +154,7 @@ def main() -> None:
                 ).stdout
             )
             stored = du["stored_bytes"]
+            [base] = [a for a in du["artifacts"] if a["ref"] == "base@1"]
             ck = [a for a in du["artifacts"] if a["ref"].startswith("checkpoint-")]
             raw_ck, stored_ck = sum(a["raw_bytes"] for a in ck), sum(a["stored_bytes"] for a in ck)
             for p in (copies, zdir, work / f"cp1-{r}", work / f"export-{r}"):
@@ -175,6 +176,12 @@ def main() -> None:
                     f"{stored / zstd3:.2f}x zstd",
                 ],
                 ["stored / raw, checkpoints only", f"{stored_ck / raw_ck:.3f}", "", ""],
+                [
+                    "stored / raw, base only (solo)",
+                    f"{base['stored_bytes'] / base['raw_bytes']:.3f}",
+                    "",
+                    "",
+                ],
                 [
                     "add all folders (s)",
                     f"{med['add']:.2f}",

@@ -22,6 +22,7 @@ from graft.merge.inputs import FoldedModel, ModelSource, open_model
 from graft.merge.plan import MergePlan, build_plan
 from graft.registry import ArtifactNotFound, Manifest, Parent, Store, add
 from graft.registry.manifest import Relation
+from graft.registry.repack import after_add, repack_mode
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def _run_and_register(
     should_cancel: Callable[[], bool] | None,
     rank: int | None = None,
 ) -> MergeOutcome:
+    mode = repack_mode(store) if store is not None else "off"  # a bad setting stops it early
     result = run(
         plan,
         out_dir,
@@ -149,6 +151,7 @@ def _run_and_register(
         meta={"seed": str(seed)} if plan.config.method.name.startswith(("dare", "della")) else {},
     )
     ensure_deltas(store, [added.manifest.id])
+    after_add(store, added.manifest, mode="off" if added.existed else mode, compress=True)
     return MergeOutcome(result, added.manifest)
 
 

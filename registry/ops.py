@@ -315,10 +315,9 @@ def gc(store: Store, *, dry_run: bool = False) -> GcResult:
                 freed += store.blobs.size(key)
                 if not dry_run:
                     store.blobs.delete(key)
-        temps = 0
         if not dry_run:
             store.stat_cache.clear()  # it may name blobs just deleted
-            temps = store.work.sweep(everything=True)  # live writers' folders stay
+        temps = store.work.sweep(everything=True, dry_run=dry_run)  # live writers' stay
     return GcResult(removed, freed, temps)
 
 

@@ -42,15 +42,16 @@ class WorkDirs:
             atexit.register(_remove, mine, fd)
         return self._mine
 
-    def sweep(self, *, everything: bool = False) -> int:
+    def sweep(self, *, everything: bool = False, dry_run: bool = False) -> int:
         """Remove the folders of writers that are gone (with `everything`, also loose
         files and half-made folders, which only `gc`, holding the store, may do);
-        return how many entries went."""
+        return how many entries went (or, with `dry_run`, would go)."""
         removed = 0
         for entry in self.root.iterdir():
             if not entry.name.startswith(PREFIX):
                 if everything:
-                    _delete(entry)
+                    if not dry_run:
+                        _delete(entry)
                     removed += 1
                 continue
             try:
@@ -63,7 +64,8 @@ class WorkDirs:
                 os.close(fd)
                 continue
             try:  # still holding its lock, so no other sweeper removes it at once
-                _delete(entry)
+                if not dry_run:
+                    _delete(entry)
                 removed += 1
             finally:
                 os.close(fd)

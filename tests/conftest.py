@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def anyio_backend() -> str:
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("GRAFT_REPACK", "off")  # no background repacks unless a test asks
+    # No background repacks unless a test asks; GRAFT_TEST_REPACK=inline runs the
+    # whole suite on compacted stores (every add repacks before it returns).
+    monkeypatch.setenv("GRAFT_REPACK", os.environ.get("GRAFT_TEST_REPACK", "off"))
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_catalog_rows_describe_the_artifact(graft, store: Store):
     _, lm_head = next(
         (f, t) for f, t in store.resolve_ref("tiny-llama").tensors if t.name == "lm_head.weight"
     )
-    assert raw[offset : offset + lm_head.nbytes] == store.blobs.path(lm_head.blob).read_bytes()
+    assert raw[offset : offset + lm_head.nbytes] == store.blobs.read(lm_head.blob)
     assert position >= 0
 
 
