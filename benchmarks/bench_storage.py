@@ -57,6 +57,24 @@ def relative_change(a: Path, b: Path) -> float:
     return statistics.median(changes)
 
 
+def zipnn_bytes(files: list[Path], dtype: str) -> tuple[int, bool] | None:
+    """ZipNN's compressed size of each file (byte grouping + entropy coding, as
+    its README uses it), and whether every file decompressed to its input;
+    None when the benchmark-only `zipnn` package is not installed."""
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return None
+    codec = ZipNN(input_format="byte", bytearray_dtype=dtype)
+    total, exact = 0, True
+    for f in files:
+        data = f.read_bytes()
+        packed = codec.compress(data)
+        total += len(packed)
+        exact = exact and bytes(codec.decompress(packed)) == data
+    return total, exact
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hidden", type=int, default=256)
@@ -101,6 +119,7 @@ def main() -> None:
             for d in folders
             for f in sorted(d.iterdir())
         )
+        zipnn = zipnn_bytes([f for d in folders for f in sorted(d.iterdir())], args.dtype)
         times: dict[str, list[float]] = {
             k: [] for k in ("cp", "add", "zstd1", "repack", "cp1", "export")
         }
@@ -175,6 +194,7 @@ def main() -> None:
                     f"zstd -3: {zstd3 / raw:.3f}",
                     f"{stored / zstd3:.2f}x zstd",
                 ],
+                ["", "", *_zipnn_cells(zipnn, raw, stored)],
                 ["stored / raw, checkpoints only", f"{stored_ck / raw_ck:.3f}", "", ""],
                 [
                     "stored / raw, base only (solo)",
@@ -206,6 +226,16 @@ def main() -> None:
         print(machine_line(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _zipnn_cells(zipnn: tuple[int, bool] | None, raw: int, stored: int) -> list[str]:
+    if zipnn is None:
+        return ["ZipNN: not installed", ""]
+    size, exact = zipnn
+    return [
+        f"ZipNN: {size / raw:.3f}" + ("" if exact else " (did not round-trip)"),
+        f"{stored / size:.2f}x ZipNN",
+    ]
 
 
 if __name__ == "__main__":
