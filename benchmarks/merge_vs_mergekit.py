@@ -96,11 +96,11 @@ def shard_plan(shape: Shape) -> list[list[tuple[str, tuple[int, ...]]]]:
     return shards
 
 
-def generate_models(folder: Path, target_bytes: int) -> ModelSet:
+def generate_models(folder: Path, target_bytes: int, delta_std: float = DELTA_STD) -> ModelSet:
     """Write the base and its fine-tunes into `folder`, or reuse a finished set.
 
     One shard at a time, tensor by tensor: each tensor of the base is drawn in
-    fp32 and kept as bf16, and each fine-tune adds its own N(0, DELTA_STD)
+    fp32 and kept as bf16, and each fine-tune adds its own N(0, delta_std)
     noise to it (norm weights included), so at most one shard of each model
     is in memory at once. A `.complete` file, written last, marks a usable set.
     """
@@ -109,8 +109,8 @@ def generate_models(folder: Path, target_bytes: int) -> ModelSet:
 
     shape = choose_shape(target_bytes)
     models = ModelSet(folder, shape)
-    marker = folder / ".complete"
-    if marker.is_file() and json.loads(marker.read_text()) == shape.config():
+    marker, made = folder / ".complete", {**shape.config(), "delta_std": delta_std}
+    if marker.is_file() and json.loads(marker.read_text()) == made:
         log(f"reusing the models in {folder}")
         return models
     shutil.rmtree(folder, ignore_errors=True)
@@ -134,7 +134,7 @@ def generate_models(folder: Path, target_bytes: int) -> ModelSet:
             base = base.to(torch.bfloat16).float()
             data[0][name] = base.to(torch.bfloat16)
             for j, gen in enumerate(ft_gens, start=1):
-                delta = torch.empty(dims).normal_(0.0, DELTA_STD, generator=gen)
+                delta = torch.empty(dims).normal_(0.0, delta_std, generator=gen)
                 data[j][name] = (base + delta).to(torch.bfloat16)
                 del delta
             del base
@@ -149,7 +149,7 @@ def generate_models(folder: Path, target_bytes: int) -> ModelSet:
             index = {"metadata": {"total_size": shape.nbytes()}, "weight_map": weight_maps}
             (model / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         (model / "config.json").write_text(json.dumps(shape.config(), indent=2) + "\n")
-    marker.write_text(json.dumps(shape.config()))
+    marker.write_text(json.dumps(made))
     return models
 
 

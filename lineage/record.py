@@ -45,7 +45,7 @@ def record_deltas(store: Store, pairs: list[tuple[str, str]]) -> None:
     pairs = _not_done(store, pairs)
     if not pairs:
         return
-    from graft.lineage.deltas import compute_deltas  # torch takes a second to import: only here
+    from graft.lineage.deltas import compute_deltas  # numpy: only when there is work
 
     for child_id, parent_id in pairs:
         deltas = compute_deltas(

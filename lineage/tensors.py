@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from graft.registry import CorruptBlob, Store, TensorRecord
-from graft.registry.manifest import Manifest
 from graft.registry.safetensors_header import FLOAT_DTYPES
 
-__all__ = ["FLOAT_DTYPES", "TORCH_DTYPES", "companion_json", "load_f32", "load_tensor"]
+__all__ = ["FLOAT_DTYPES", "TORCH_DTYPES", "load_tensor"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -45,20 +42,3 @@ def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:
     if not data:
         return torch.empty(record.shape, dtype=dtype)
     return torch.frombuffer(data, dtype=dtype).reshape(record.shape)
-
-
-def load_f32(store: Store, record: TensorRecord) -> torch.Tensor:
-    return load_tensor(store, record).to(torch.float32)
-
-
-def tensors_by_name(manifest: Manifest) -> dict[str, TensorRecord]:
-    return {t.name: t for _, t in manifest.tensors}
-
-
-def companion_json(store: Store, manifest: Manifest, path: str) -> dict | None:
-    """A JSON companion file (adapter_config.json, ...) of the artifact, if any."""
-    for f in manifest.files:
-        if f.path == path and not f.tensors:
-            doc = json.loads(store.blobs.read(f.blob))
-            return doc if isinstance(doc, dict) else None
-    return None

@@ -307,18 +307,28 @@ class BlobReader:
         elif buf and os.preadv(self._fd, [buf], offset) != len(buf):
             raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
 
-    def stream(self) -> Iterator[bytes]:
-        """The whole blob in order, failing at the end if it does not hash to its key."""
+    def stream(self, span: int = CHUNK) -> Iterator[bytes]:
+        """The whole blob in order, `span` bytes at a time (the last piece may be
+        shorter), failing at the end if it does not hash to its key."""
         h = xxhash.xxh3_128()
-        if self.footer:
-            pieces: Iterator[bytes] = (self._decode(i) for i in range(len(self._chunks)))
-        else:
-            pieces = (self._pread(o, min(CHUNK, self.size - o)) for o in range(0, self.size, CHUNK))
-        for piece in pieces:
+        for piece in self._spans(span):
             h.update(piece)
             yield piece
         if h.hexdigest() != self.key:
             raise CorruptBlob(f"{self.what} is corrupt", VERIFY_HINT)
+
+    def _spans(self, span: int) -> Iterator[bytes]:
+        if not self.footer:
+            yield from (self._pread(o, min(span, self.size - o)) for o in range(0, self.size, span))
+            return
+        pending = b""
+        for index in range(len(self._chunks)):
+            pending += self._decode(index)
+            cut = len(pending) - len(pending) % span
+            yield from (pending[o : o + span] for o in range(0, cut, span))
+            pending = pending[cut:]
+        if pending:
+            yield pending
 
     def _decode(self, index: int) -> bytes:
         from graft.registry.transforms import decode_chunk  # numpy: only for encoded blobs

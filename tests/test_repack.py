@@ -389,6 +389,41 @@ def test_an_add_starts_a_repack_in_the_background(run, store_dir, monkeypatch):
     assert registry.verify(store).ok
 
 
+def test_eight_parallel_adds_of_related_checkpoints_lose_nothing(
+    store_dir, tmp_path, monkeypatch
+):
+    """Eight checkpoints of one run added at once, each starting a background
+    repack while the others still write: every one is registered, exports
+    byte-identical, and the store ends compact and sound."""
+    monkeypatch.delenv("GRAFT_REPACK")
+    run = tmp_path / "run8"
+    make_run(run, checkpoints=8, every=5, hidden=256, layers=2, pretrain_steps=20)
+    assert _graft(store_dir, "add", run / "base", "--name", "base").returncode == 0
+    folders = sorted(run.glob("checkpoint-*"))
+    procs = [
+        subprocess.Popen(
+            [GRAFT, "add", folder, "--name", folder.name, "--parent", "base"],
+            env={**os.environ, "GRAFT_STORE": str(store_dir)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder in folders
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    _wait_for_background_repacks(store_dir)
+    store = Store.open(store_dir)
+    assert registry.verify(store).ok
+    assert {r.name for r in registry.list_artifacts(store)} == {"base", *(f.name for f in folders)}
+    total, _ = usage(store)
+    assert total.stored_bytes < 0.8 * total.raw_bytes
+    for folder in folders:
+        registry.export(store, folder.name, tmp_path / "out" / folder.name)
+        assert sha256_files(tmp_path / "out" / folder.name) == sha256_files(folder)
+
+
 def test_no_repack_and_no_compress(run, store_dir):
     _add_run_by_cli(store_dir, run, "--no-repack", env={"GRAFT_REPACK": "background"})
     assert not (store_dir / "locks" / "repack-wanted").exists()  # nothing was started
