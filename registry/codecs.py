@@ -111,7 +111,12 @@ def parse_footer(data: bytes) -> Footer:
         )
         footer = Footer(
             doc["key"],
-            doc["codec"], doc["dtype"], int(doc["raw_length"]), doc["ref"], doc["ref_dtype"], chunks
+            doc["codec"],
+            doc["dtype"],
+            int(doc["raw_length"]),
+            doc["ref"],
+            doc["ref_dtype"],
+            chunks,
         )
         ok = (
             doc["format"] == FORMAT

@@ -401,6 +401,7 @@ def _sizes(store: Store, key: str) -> tuple[int, int]:
     except CorruptBlob:
         return 0, 0
 
+
 if __name__ == "__main__":  # the background repack that `after_add` starts
     try:
         run_requested(Store.open(Path(sys.argv[1])))

@@ -22,7 +22,9 @@ def _as_uint(data: bytes, item_size: int) -> np.ndarray:
 def _rotate(a: np.ndarray, left: bool) -> np.ndarray:
     bits = a.dtype.itemsize * 8
     up = np.array(1 if left else bits - 1, a.dtype)
-    return (a << up) | (a >> np.array(bits - up, a.dtype))
+    out = a << up
+    out |= a >> np.array(bits - up, a.dtype)
+    return out
 
 
 def _sign_fill(a: np.ndarray) -> np.ndarray:
@@ -31,26 +33,43 @@ def _sign_fill(a: np.ndarray) -> np.ndarray:
     return (signed >> (a.dtype.itemsize * 8 - 1)).view(a.dtype)
 
 
+def _top_bit(a: np.ndarray) -> np.generic:
+    return a.dtype.type(1) << a.dtype.type(a.dtype.itemsize * 8 - 1)
+
+
 def _ordered(a: np.ndarray) -> np.ndarray:
     """Float bit patterns as unsigned integers in the order of the float values:
     negative floats have every bit flipped, the others only their sign bit."""
-    top = a.dtype.type(1) << a.dtype.type(a.dtype.itemsize * 8 - 1)
-    return a ^ (_sign_fill(a) | top)
+    mask = _sign_fill(a)
+    mask |= _top_bit(a)
+    mask ^= a
+    return mask
 
 
 def _unordered(a: np.ndarray) -> np.ndarray:
-    top = a.dtype.type(1) << a.dtype.type(a.dtype.itemsize * 8 - 1)
-    return a ^ (~_sign_fill(a) | top)
+    """The inverse of `_ordered`, in place."""
+    mask = _sign_fill(a)
+    np.invert(mask, out=mask)
+    mask |= _top_bit(a)
+    a ^= mask
+    return a
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
+    """Small differences either way to small unsigned numbers, in place."""
     signed = d.view(d.dtype.str.replace("u", "i"))
-    return ((signed << 1) ^ (signed >> (d.dtype.itemsize * 8 - 1))).view(d.dtype)
+    sign = signed >> (d.dtype.itemsize * 8 - 1)
+    signed <<= 1
+    signed ^= sign
+    return d
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
-    one = np.array(1, z.dtype)
-    return (z >> one) ^ (np.zeros_like(z) - (z & one))
+    low = z & z.dtype.type(1)
+    np.negative(low, out=low)  # 0 or all ones (unsigned wrap)
+    z >>= z.dtype.type(1)
+    z ^= low
+    return z
 
 
 def convert_reference(data: bytes, src: str, dst: str) -> np.ndarray:
@@ -93,7 +112,9 @@ def encode_chunk(
     a = _as_uint(raw, ITEM_SIZES[dtype])
     if codec == "delta":
         assert ref is not None and len(ref) == len(a)
-        a = _zigzag(_ordered(a) - _ordered(ref))  # unsigned: wraps, and undoes exactly
+        delta = _ordered(a)
+        delta -= _ordered(ref)  # unsigned: wraps, and undoes exactly
+        a = _zigzag(delta)
     elif dtype in FLOATS:
         a = _rotate(a, left=True)
     compressor = zstandard.ZstdCompressor(level=LEVEL)
@@ -119,7 +140,9 @@ def decode_chunk(footer: Footer, chunk: Chunk, stored: bytes, ref: np.ndarray | 
     a = _join_planes(planes, footer.item_size)
     if footer.codec == "delta":
         assert ref is not None and len(ref) == count
-        a = _unordered(_unzigzag(a) + _ordered(ref))
+        a = _unzigzag(a)
+        a += _ordered(ref)
+        a = _unordered(a)
     elif footer.dtype in FLOATS:
         a = _rotate(a, left=False)
     raw = a.tobytes()
