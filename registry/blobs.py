@@ -55,6 +55,9 @@ def _decoders() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="graft-decode")
 
 
+os.register_at_fork(after_in_child=_decoders.cache_clear)  # a fork has none of the threads
+
+
 def _writeback_starter() -> Callable[[int], None]:
     """Linux's sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): start writing a
     file's dirty pages without waiting. Elsewhere a no-op (fsync does it all)."""

@@ -180,6 +180,33 @@ def test_span_reads_of_encoded_blobs_match_the_raw_bytes(run, store_dir, small_c
     assert tensor.view(torch.int16).numpy().tobytes() == whole
 
 
+def test_streams_decode_ahead_and_survive_a_fork(run, store_dir, small_chunks):
+    """Chunks decode on a thread pool, in order whatever finishes first; a forked
+    child (whose copy of the pool has no threads) still streams."""
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    t = _tensor(store, "checkpoint-30", MLP)
+    raw = (run / "checkpoint-30" / "model.safetensors").read_bytes()
+    repack(store)
+    with store.blobs.open(t.blob) as blob:
+        pieces = list(blob.stream())
+        assert len(pieces) > 8 and b"".join(pieces) in raw
+        spans = list(blob.stream(1000))
+        assert {len(x) for x in spans[:-1]} == {1000} and b"".join(spans) == b"".join(pieces)
+        assert next(iter(blob.stream())) == pieces[0]  # abandoned: close() stops the rest
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if it reads the same bytes
+            os._exit(0 if b"".join(blob.stream()) == b"".join(pieces) else 1)
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung reading the blob")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 def test_a_merge_over_a_compacted_store_is_identical(run, store_dir, tmp_path):
     store = Store.open(store_dir)
     _register_run(store, run)
@@ -389,9 +416,7 @@ def test_an_add_starts_a_repack_in_the_background(run, store_dir, monkeypatch):
     assert registry.verify(store).ok
 
 
-def test_eight_parallel_adds_of_related_checkpoints_lose_nothing(
-    store_dir, tmp_path, monkeypatch
-):
+def test_eight_parallel_adds_of_related_checkpoints_lose_nothing(store_dir, tmp_path, monkeypatch):
     """Eight checkpoints of one run added at once, each starting a background
     repack while the others still write: every one is registered, exports
     byte-identical, and the store ends compact and sound."""
