@@ -9,6 +9,7 @@ from graft.lineage.log import LogEntry, base_parents, log
 from graft.lineage.names import AdapterKey, Place, adapter_key, place_of
 from graft.lineage.record import ensure_deltas, recompute
 from graft.lineage.register import register
+from graft.lineage.share import push
 from graft.lineage.sql import QueryResult, SqlError, export_catalog, run_sql
 from graft.lineage.touched import (
     MethodTouches,
@@ -43,6 +44,7 @@ __all__ = [
     "layers_of",
     "log",
     "place_of",
+    "push",
     "recompute",
     "register",
     "run_sql",

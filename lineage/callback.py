@@ -5,9 +5,10 @@ One line in a training script::
     trainer.add_callback(GraftCallback(parent="tiny-llama", method="sft"))
 
 The first checkpoint's parent is `parent`; each later one's parent is the
-checkpoint registered before it. Registration failures are logged as warnings
-and never stop training. Kept out of `lineage/__init__` so that importing
-`lineage` does not import transformers.
+checkpoint registered before it; with `push_to="team"` each one is also pushed
+to that remote. Failures are logged as warnings and never stop training. Kept
+out of `lineage/__init__` so that importing `lineage` does not import
+transformers.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class GraftCallback(TrainerCallback):
         *,
         meta: dict[str, str] | None = None,
         store: Store | str | Path | None = None,
+        push_to: str | None = None,
     ) -> None:
         self.parent = parent
+        self.push_to = push_to  # a remote: each checkpoint is pushed once registered
         self.method = method
         self.meta = dict(meta or {})
         self.store = store  # None: $GRAFT_STORE or the per-user store
@@ -59,9 +62,14 @@ class GraftCallback(TrainerCallback):
         parent = self.registered[-1] if self.registered else self.parent
         try:
             result = register(
-                folder, parent=parent, method=self.method, meta=meta, store=self.store
+                folder,
+                parent=parent,
+                method=self.method,
+                meta=meta,
+                store=self.store,
+                push_to=self.push_to,
             )
         except GraftError as e:
-            logger.warning("graft: could not register %s: %s", folder, e)
+            logger.warning("graft: could not register or push %s: %s", folder, e)
             return
         self.registered.append(result.manifest.id)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 
-from graft.registry import Store
+from graft.registry import GraftError, Store
 from graft.registry.catalog import Connection, bulk_insert
 
 
@@ -26,6 +27,7 @@ def missing_pairs_in(con: Connection, artifact_ids: list[str]) -> list[tuple[str
         JOIN artifacts c ON c.id = e.child_id
         JOIN artifacts p ON p.id = e.parent_id
         WHERE e.child_id IN (SELECT unnest(?::VARCHAR[]))
+          AND c.remote IS NULL AND p.remote IS NULL  -- a fetched one's deltas come with it
           AND NOT (c.kind <> 'adapter' AND p.kind = 'adapter')
           AND (json_extract_string(e.params, '$.role') IS NOT DISTINCT FROM 'base'
                OR NOT EXISTS (SELECT 1 FROM edges b WHERE b.child_id = e.child_id
@@ -90,6 +92,16 @@ def _not_done(store: Store, pairs: list[tuple[str, str]]) -> list[tuple[str, str
 
 def ensure_deltas(store: Store, artifact_ids: list[str]) -> None:
     record_deltas(store, missing_pairs(store, artifact_ids))
+
+
+def catch_up(store: Store) -> None:
+    """Record every pair's deltas not computed yet (what `graft add` leaves for
+    later); a pair whose blobs are damaged is skipped, for `verify` to name."""
+    with store.catalog.reading() as con:
+        ids = [r[0] for r in con.execute("SELECT id FROM artifacts").fetchall()]
+    for pair in missing_pairs(store, ids):
+        with contextlib.suppress(GraftError):
+            record_deltas(store, [pair])
 
 
 def _shape(shape: tuple[int, ...] | None) -> list[int] | None:

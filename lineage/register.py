@@ -9,6 +9,7 @@ from graft.lineage.declared import base_candidates, declared_lineage
 from graft.lineage.hub import is_hub_ref, resolve_hub
 from graft.lineage.infer import ParentGuesser
 from graft.lineage.record import ensure_deltas
+from graft.lineage.share import push
 from graft.registry import AddResult, ArtifactNotFound, Store, add
 from graft.registry.repack import after_add, repack_mode
 
@@ -24,18 +25,24 @@ def register(
     infer_parent: bool = False,
     repack: bool = True,
     compress: bool = True,
+    push_to: str | None = None,
     **options: Any,
 ) -> AddResult:
     """Add `path` (a file, a folder, or `hf:ORG/NAME[@REVISION]`) to the store
-    (default: $GRAFT_STORE or the per-user store) and record its deltas against
-    its parent. Options are those of `registry.add`.
+    (default: $GRAFT_STORE or the per-user store). Options are those of
+    `registry.add`.
 
     Without `parent`, a base model that the files declare (adapter_config.json,
     the model card's `base_model`) becomes the parent when it is registered;
     without `method`, the declared one (the PEFT type, a card tag) is used.
     With `infer_parent`, a parent still unknown is guessed (`lineage.infer`).
-    Then the store compacts in the background (`registry.repack.after_add`):
-    `repack=False` skips that, `compress=False` keeps this artifact's blobs raw.
+    It returns once the artifact is durably stored; its deltas against the
+    parent are recorded and the store compacted after, in the background
+    (`lineage.background`), or before it returns when $GRAFT_REPACK is
+    `inline`. `repack=False` leaves both for later (a delta is computed when
+    first asked for), `compress=False` keeps this artifact's blobs raw.
+    With `push_to` (a remote's name) it is pushed there too, with its deltas
+    and ancestors (`lineage.share.push`).
     """
     store = store if isinstance(store, Store) else Store.open(Path(store) if store else None)
     mode = repack_mode(store) if repack else "off"
@@ -52,8 +59,17 @@ def register(
     if parent is None and infer_parent:
         options["choose_parent"] = ParentGuesser(store)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
-    ensure_deltas(store, [result.manifest.id])
-    after_add(store, result.manifest, mode="off" if result.existed else mode, compress=compress)
+    if mode == "inline":
+        ensure_deltas(store, [result.manifest.id])
+    after_add(
+        store,
+        result.manifest,
+        mode="off" if result.existed else mode,
+        compress=compress,
+        detached="graft.lineage.background",
+    )
+    if push_to is not None:
+        push(store, [result.manifest.id], push_to)
     return result
 
 

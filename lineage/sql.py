@@ -10,10 +10,12 @@ from typing import Any
 
 import duckdb
 
+from graft.lineage.record import catch_up
 from graft.registry import GraftError, Store
 from graft.registry.fsutil import fsync_dir
 
 TABLES = ("artifacts", "tensors", "files", "edges", "tensor_deltas", "delta_pairs")
+DERIVED = ("tensor_deltas", "delta_pairs", "layer_touch")  # filled in after an add
 
 
 class SqlError(GraftError, ValueError):
@@ -27,7 +29,10 @@ class QueryResult:
 
 
 def run_sql(store: Store, query: str) -> QueryResult:
-    """Run `query` on a read-only, sandboxed connection to the catalog."""
+    """Run `query` on a read-only, sandboxed connection to the catalog; a query
+    that reads the deltas first records those that the adds left for later."""
+    if any(name in query.lower() for name in DERIVED):
+        catch_up(store)
     with store.catalog.reading(sandboxed=True) as con:
         try:
             cursor = con.execute(query)
@@ -46,6 +51,7 @@ def export_catalog(store: Store, out_dir: Path) -> list[Path]:
     """Write every catalog table as `OUT_DIR/<table>.parquet` (atomically, via pyarrow)."""
     import pyarrow.parquet as pq
 
+    catch_up(store)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with store.catalog.reading() as con:

@@ -23,6 +23,7 @@ from graft.lineage.tensors import TORCH_DTYPES, load_tensor
 from graft.merge.errors import AdapterError, MergeConfigError, MergeInputError
 from graft.merge.lora import LoraAdapter, check_base, fold, read_adapter
 from graft.registry import ArtifactNotFound, Manifest, Store
+from graft.registry.pull import resolve_local
 from graft.registry.safetensors_header import DTYPE_BITS, FLOAT_DTYPES, SafetensorsHeader
 from graft.registry.sources import scan
 
@@ -292,7 +293,7 @@ def open_model(ref: str, store: Store | None) -> ModelSource:
         return LocalModel(path, ref)
     if store is not None:
         try:
-            return StoredModel(store, store.resolve_ref(ref), ref)
+            return StoredModel(store, resolve_local(store, ref), ref)
         except ArtifactNotFound:
             pass
     raise MergeConfigError(

@@ -15,6 +15,7 @@ from graft.registry.errors import (
     StoreError,
 )
 from graft.registry.manifest import FileRecord, Manifest, Parent, TensorRecord
+from graft.registry.objects import RemoteError
 from graft.registry.ops import (
     ArtifactDetail,
     ArtifactRow,
@@ -30,6 +31,8 @@ from graft.registry.ops import (
     show,
     verify,
 )
+from graft.registry.pull import FetchResult, PullResult, fetch, pull
+from graft.registry.remotes import Remote, add_remote, get_remote, list_remotes, remove_remote
 from graft.registry.store import Store, default_store_path
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "CorruptBlob",
     "CycleRefused",
     "ExitCode",
+    "FetchResult",
     "FileRecord",
     "GcResult",
     "GraftError",
@@ -49,6 +53,9 @@ __all__ = [
     "Parent",
     "PickleRefused",
     "Problem",
+    "PullResult",
+    "Remote",
+    "RemoteError",
     "SharedTensors",
     "SourceChanged",
     "Store",
@@ -57,12 +64,18 @@ __all__ = [
     "TensorRecord",
     "VerifyReport",
     "add",
+    "add_remote",
     "default_store_path",
     "export",
+    "fetch",
     "gc",
+    "get_remote",
     "list_artifacts",
+    "list_remotes",
+    "pull",
     "reindex",
     "remove",
+    "remove_remote",
     "show",
     "verify",
 ]

@@ -114,7 +114,7 @@ def add(
             manifest = Manifest(
                 id=artifact_id,
                 name=name or source.default_name,
-                version=_next_version(con, name or source.default_name),
+                version=next_version(con, name or source.default_name),
                 kind=chosen_kind,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 source=str(path.absolute()),
@@ -181,7 +181,7 @@ def _indexed(store: Store, artifact_id: str) -> bool:
         return bool(con.execute("SELECT 1 FROM artifacts WHERE id = ?", [artifact_id]).fetchone())
 
 
-def _next_version(con: Connection, name: str) -> int:
+def next_version(con: Connection, name: str) -> int:
     row = con.execute(
         "SELECT coalesce(max(version), 0) FROM artifacts WHERE name = ?", [name]
     ).fetchone()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import xxhash
 
 from graft.registry.codecs import ITEM_SIZES, BadEncoding, Footer, read_footer
-from graft.registry.errors import CorruptBlob, SourceChanged
+from graft.registry.errors import CorruptBlob
 from graft.registry.fsutil import fsync_dir
 from graft.registry.workdirs import WorkDirs
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 CHUNK = 8 * 1024 * 1024
+SMALL_BLOB = 32 * 1024 * 1024  # a range up to this size is read once into memory
 PUBLISH_BYTES = 64 * 1024 * 1024  # pending blobs are published in batches of this size
 MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
 VERIFY_HINT = "run `graft verify` for details"
@@ -90,7 +91,18 @@ def _chunks(f: BinaryIO, offset: int, length: int, buf: bytearray) -> Iterator[m
         yield view[:n]
 
 
-def hash_bytes(data: bytes) -> str:
+def _fill(f: BinaryIO, offset: int, view: memoryview) -> None:
+    """Read exactly len(view) bytes of `f` from `offset` into `view`."""
+    f.seek(offset)
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])  # type: ignore[attr-defined]
+        if not n:
+            raise EOFError(f"{done} of {len(view)} bytes, then end of file")
+        done += n
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
@@ -98,7 +110,7 @@ class BlobStore:
     def __init__(self, root: Path, work: WorkDirs) -> None:
         self.root = root
         self.work = work
-        self._buf = bytearray(CHUNK)
+        self._buf = bytearray(SMALL_BLOB)
         self._pending: dict[str, Path] = {}  # key → complete temp file, not yet renamed
         self._pending_bytes = 0
 
@@ -108,46 +120,49 @@ class BlobStore:
     def has(self, key: str) -> bool:
         return key in self._pending or self.path(key).is_file()
 
-    def hash_range(
-        self, f: BinaryIO, offset: int, length: int, on_bytes: OnBytes = _no_progress
-    ) -> str:
-        h = xxhash.xxh3_128()
-        for chunk in _chunks(f, offset, length, self._buf):
-            h.update(chunk)
-            on_bytes(len(chunk))
-        return h.hexdigest()
-
     def put_range(
         self, f: BinaryIO, offset: int, length: int, on_bytes: OnBytes = _no_progress
     ) -> tuple[str, int]:
         """Store bytes [offset, offset+length) of `f`; return (key, bytes newly written).
 
-        Hashes first, so content already stored costs one read and no write.
+        Each byte is read once: a range that fits the buffer is hashed in memory
+        and written only when new; a larger one is written while it is hashed,
+        and the copy dropped (before its writeback starts) when the blob exists.
         """
-        key = self.hash_range(f, offset, length, on_bytes)
-        if self.has(key):
-            return key, 0
+        if length <= len(self._buf):
+            view = memoryview(self._buf)[:length]
+            _fill(f, offset, view)
+            on_bytes(length)
+            key = hash_bytes(view)
+            if self.has(key):
+                return key, 0
 
-        def write(out: BinaryIO) -> None:
+            def write_view(out: BinaryIO) -> str:
+                out.write(view)
+                return key
+
+            return self._install(write_view)
+
+        def write(out: BinaryIO) -> str:
             h = xxhash.xxh3_128()
             for chunk in _chunks(f, offset, length, self._buf):
                 h.update(chunk)
                 out.write(chunk)
-            if h.hexdigest() != key:
-                raise SourceChanged(
-                    f"{getattr(f, 'name', 'input')}: bytes changed while being added",
-                    "wait until whatever writes it has finished, then add again",
-                )
+                on_bytes(len(chunk))
+            return h.hexdigest()
 
-        self._install(key, write)
-        return key, length
+        return self._install(write)
 
-    def _install(self, key: str, write: Callable[[BinaryIO], object]) -> None:
-        """Write a blob to a temp file and start its writeback; `sync()` publishes it."""
+    def _install(self, write: Callable[[BinaryIO], str]) -> tuple[str, int]:
+        """Write a blob to a temp file (`write` returns its key) and start its
+        writeback, unless the key is stored already; `sync()` publishes it."""
         fd, tmp = tempfile.mkstemp(dir=self.work.mine(), prefix="blob-")
         try:
             with os.fdopen(fd, "wb") as out:
-                write(out)
+                key = write(out)
+                if self.has(key):
+                    os.unlink(tmp)
+                    return key, 0
                 out.flush()
                 os.fchmod(out.fileno(), 0o444)  # blobs are immutable
                 _start_writeback(out.fileno())
@@ -155,10 +170,12 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        size = os.path.getsize(tmp)
         self._pending[key] = Path(tmp)
-        self._pending_bytes += os.path.getsize(tmp)
+        self._pending_bytes += size
         if self._pending_bytes >= PUBLISH_BYTES:  # a killed writer keeps what it finished
             self.sync()
+        return key, size
 
     def sync(self) -> None:
         """Publish pending blobs: fsync each, rename it to its address, fsync the folders."""
@@ -202,6 +219,32 @@ class BlobStore:
                 out.write(chunk)
                 on_bytes(len(chunk))
 
+    def adopt(self, key: str, file: Path, size: int) -> None:
+        """Publish `file` (a downloaded blob, raw or encoded against blobs stored
+        here) as blob `key`, once its bytes, decoded, are `size` long and hash to
+        `key`: CorruptBlob otherwise. Callers hold `Store.pin_blobs` until a
+        manifest refers to it."""
+        with BlobReader(self, key, f"blob {key}", path=file) as blob:
+            if blob.size != size:
+                raise CorruptBlob(f"blob {key} holds {blob.size} bytes, not {size}")
+            for _ in blob.stream():
+                pass
+        os.chmod(file, 0o444)
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = self.path(key)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(file, target)
+        fsync_dir(target.parent)
+
+    def reference_of(self, key: str, file: Path) -> str | None:
+        """The blob that `file`, holding blob `key`, is a delta against (None if raw)."""
+        with BlobReader(self, key, f"blob {key}", path=file) as blob:
+            return blob.footer.ref if blob.footer else None
+
     def reference(self, key: str) -> str | None:
         """The blob an encoded blob is a delta against (None for raw, solo or missing);
         CorruptBlob when its footer is damaged, so that nobody guesses."""
@@ -237,7 +280,9 @@ class BlobReader:
     read checks the key); encoded chunks are checked on every decode.
     """
 
-    def __init__(self, blobs: BlobStore, key: str, what: str, depth: int = 0) -> None:
+    def __init__(
+        self, blobs: BlobStore, key: str, what: str, depth: int = 0, path: Path | None = None
+    ) -> None:
         self.key = key
         self.what = what  # how errors name it
         self._blobs = blobs
@@ -245,7 +290,7 @@ class BlobReader:
         self._ref: BlobReader | None = None
         self._fd = -1
         try:
-            self._fd = os.open(blobs.path(key), os.O_RDONLY)
+            self._fd = os.open(path or blobs.path(key), os.O_RDONLY)
         except FileNotFoundError as e:
             raise CorruptBlob(f"{what} is missing", VERIFY_HINT) from e
         try:

@@ -27,6 +27,12 @@ Connection = duckdb.DuckDBPyConnection
 
 # Companion files whose JSON is copied into catalog columns.
 JSON_COLUMNS = {"config.json": "config", "adapter_config.json": "adapter_config"}
+DELTA_REFERENCES = (
+    ("tensor_deltas", "child_id"),
+    ("tensor_deltas", "parent_id"),
+    ("delta_pairs", "child_id"),
+    ("delta_pairs", "parent_id"),
+)
 
 
 class Catalog:
@@ -218,18 +224,18 @@ def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStor
     bulk_insert(con, "edges", edges)
 
 
-def delete_artifacts(con: Connection, ids: list[str]) -> None:
+def delete_artifacts(con: Connection, ids: list[str], *, keep_deltas: bool = False) -> None:
+    """Drop the artifacts' rows, and their deltas unless `keep_deltas` (a fetched
+    artifact that was pulled: indexed again as local, its statistics still hold)."""
     if not ids:
         return
     con.execute("CREATE TEMP TABLE gone AS SELECT unnest(?::VARCHAR[]) AS id", [ids])
+    deltas = () if keep_deltas else DELTA_REFERENCES
     for table, column in (
         ("tensors", "artifact_id"),
         ("files", "artifact_id"),
         ("edges", "child_id"),
-        ("tensor_deltas", "child_id"),
-        ("tensor_deltas", "parent_id"),
-        ("delta_pairs", "child_id"),
-        ("delta_pairs", "parent_id"),
+        *deltas,
         ("artifacts", "id"),
     ):
         con.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM gone)")
@@ -237,13 +243,16 @@ def delete_artifacts(con: Connection, ids: list[str]) -> None:
 
 
 def bulk_insert(con: Connection, table: str, rows: list[dict]) -> None:
+    """Insert rows (dicts with the same keys) in one statement, a list parameter
+    per column (no pyarrow: importing it, and numpy with it, costs an add ~0.1 s)."""
     if not rows:
         return
-    import pyarrow as pa  # ~0.1 s to import, and only writes need it
-
-    batch = pa.Table.from_pylist(rows)  # noqa: F841 - read by DuckDB by name
-    columns = ", ".join(rows[0])
-    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM batch")
+    columns = list(rows[0])
+    con.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT {', '.join('unnest(?)' for _ in columns)}",
+        [[row[c] for row in rows] for c in columns],
+    )
 
 
 def _json_columns(m: Manifest, blobs: BlobStore) -> dict[str, str]:

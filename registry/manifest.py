@@ -10,12 +10,14 @@ checksum over the whole document catches edits to the rest.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from graft.registry.blobs import hash_bytes
 
 FORMAT_VERSION = 1
+KEY = re.compile(r"[0-9a-f]{32}")
 
 Kind = Literal["model", "adapter", "merge", "checkpoint"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -124,7 +126,40 @@ def parse_manifest(data: bytes) -> Manifest:
     manifest = Manifest(files=files, parents=parents, **doc)
     if manifest.id != content_id(files):
         raise ValueError("id does not match the files listed")
+    _check(manifest)
     return manifest
+
+
+def _check(m: Manifest) -> None:
+    """What export and pull rely on, for a manifest from anywhere (a remote too):
+    keys are keys, paths stay inside the artifact's folder, sizes add up."""
+    for key in [m.id, *(p.id for p in m.parents), *(k for f in m.files for k in f.blob_keys())]:
+        if not (isinstance(key, str) and KEY.fullmatch(key)):
+            raise ValueError(f"{key!r} is not a key")
+    paths = [f.path for f in m.files]
+    if len(set(paths)) != len(paths):
+        raise ValueError("a file is listed twice")
+    for f in m.files:
+        if not _safe_path(f.path):
+            raise ValueError(f"file path {f.path!r} leaves the artifact's folder")
+        if not _natural(f.size) or any(not _natural(n) for n in _numbers(f)):
+            raise ValueError(f"{f.path}: sizes are not natural numbers")
+        if sum(t.nbytes for t in f.tensors) > f.size:
+            raise ValueError(f"{f.path}: its tensors hold more bytes than the file")
+
+
+def _safe_path(path: object) -> bool:
+    if not isinstance(path, str) or path.startswith("/") or any(c in path for c in "\\\0"):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _natural(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _numbers(f: FileRecord) -> list[object]:
+    return [n for t in f.tensors for n in (t.offset, t.nbytes, *t.shape)]
 
 
 def _canonical(obj: Any) -> bytes:

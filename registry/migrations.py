@@ -130,6 +130,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         SELECT * FROM walk;
         """,
     ),
+    (
+        "0005_remotes",
+        """
+        -- NULL: stored here; else the remote it is only on (fetched: lineage, no weights).
+        ALTER TABLE artifacts ADD COLUMN remote VARCHAR;
+        -- Every version claimed on each fetched remote (local artifacts' too).
+        CREATE TABLE remote_names (
+            remote VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            id VARCHAR NOT NULL,
+            PRIMARY KEY (remote, name, version)
+        );
+        """,
+    ),
 )
 
 LATEST = len(MIGRATIONS)

@@ -15,6 +15,8 @@ from graft.registry.catalog import Connection, delete_artifacts, insert_manifest
 from graft.registry.errors import CorruptBlob, GraftError, StoreError
 from graft.registry.fsutil import fsync_dir
 from graft.registry.manifest import Manifest
+from graft.registry.pull import resolve_local
+from graft.registry.remote_index import index_remotes
 from graft.registry.repack import Usage, artifact_usage
 from graft.registry.store import Store
 
@@ -32,6 +34,7 @@ class ArtifactRow:
     n_tensors: int
     method: str | None
     parents: list[str] = field(default_factory=list)  # NAME@N of each parent
+    where: list[str] = field(default_factory=lambda: ["local"])  # and/or remotes holding it
 
     @property
     def ref(self) -> str:
@@ -39,23 +42,34 @@ class ArtifactRow:
 
 
 def list_artifacts(
-    store: Store, *, name: str | None = None, kind: str | None = None
+    store: Store, *, name: str | None = None, kind: str | None = None, remote: str | None = None
 ) -> list[ArtifactRow]:
+    """Every artifact the catalog knows (stored here or fetched from a remote), or
+    with `remote`, the versions claimed on that remote (as of the last fetch)."""
     with store.catalog.reading() as con:
         rows = con.execute(
             """
-            SELECT a.id, a.name, a.version, a.kind, strftime(a.created_at, '%Y-%m-%dT%H:%M:%SZ'),
-                   a.size_bytes, a.n_tensors, a.method,
-                   list(p.name || '@' || p.version ORDER BY p.name) FILTER (WHERE p.id IS NOT NULL)
-            FROM artifacts a
+            WITH shown AS (
+                SELECT id, name, version FROM artifacts WHERE ?::VARCHAR IS NULL
+                UNION ALL
+                SELECT id, name, version FROM remote_names WHERE remote = ?
+            )
+            SELECT a.id, s.name, s.version, a.kind,
+                   strftime(a.created_at, '%Y-%m-%dT%H:%M:%SZ'), a.size_bytes, a.n_tensors,
+                   a.method,
+                   list(p.name || '@' || p.version ORDER BY p.name) FILTER (WHERE p.id IS NOT NULL),
+                   a.remote IS NULL,
+                   (SELECT list(DISTINCT r.remote ORDER BY r.remote) FROM remote_names r
+                    WHERE r.id = a.id)
+            FROM shown s JOIN artifacts a ON a.id = s.id
             LEFT JOIN edges e ON e.child_id = a.id
             LEFT JOIN artifacts p ON p.id = e.parent_id
-            WHERE (? IS NULL OR a.name = ?) AND (? IS NULL OR a.kind = ?)
-            GROUP BY a.id, a.name, a.version, a.kind, a.created_at,
-                     a.size_bytes, a.n_tensors, a.method
-            ORDER BY a.created_at, a.name, a.version
+            WHERE (? IS NULL OR s.name = ?) AND (? IS NULL OR a.kind = ?)
+            GROUP BY a.id, s.name, s.version, a.kind, a.created_at, a.size_bytes, a.n_tensors,
+                     a.method, a.remote
+            ORDER BY a.created_at, s.name, s.version
             """,
-            [name, name, kind, kind],
+            [remote, remote, name, name, kind, kind],
         ).fetchall()
     return [
         ArtifactRow(
@@ -68,6 +82,7 @@ def list_artifacts(
             n_tensors=r[6],
             method=r[7],
             parents=r[8] or [],
+            where=(["local"] if r[9] else []) + (r[10] or []),
         )
         for r in rows
     ]
@@ -152,7 +167,7 @@ def export(
     The files are assembled in a temp folder beside `out_dir` and renamed into
     place at the end, so an interrupted export leaves no half-written folder.
     """
-    manifest = store.resolve_ref(ref)
+    manifest = resolve_local(store, ref)
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StoreError(f"{out_dir} exists and is not an empty folder", "choose a new folder")
@@ -168,6 +183,7 @@ def export(
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.graft-"))
     try:
         for f in manifest.files:
+            (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
             with open(staging / f.path, "wb") as out:
                 for key in f.blob_keys():
                     store.blobs.copy_to(key, out, on_bytes)
@@ -326,6 +342,10 @@ def remove(store: Store, ref: str, *, force: bool = False) -> Manifest:
     with store.catalog.writing() as con:
         artifact_id = store.resolve(con, ref)
         manifest = store.load_manifest(artifact_id)
+        if not store.is_local(artifact_id):
+            raise StoreError(
+                f"{ref} is not stored here, only known from a remote", "nothing to remove"
+            )
         children = _children(con, artifact_id)
         if children and not force:
             raise StoreError(
@@ -354,5 +374,10 @@ def reindex(store: Store) -> tuple[int, list[str]]:
             manifests.append(store.load_manifest(artifact_id))
         except GraftError:
             damaged.append(f"manifests/{artifact_id}.json")
-    store.catalog.rebuild(lambda con: insert_manifests(con, manifests, store.blobs))
+
+    def fill(con: Connection) -> None:
+        insert_manifests(con, manifests, store.blobs)
+        index_remotes(con, store)  # and what was fetched from remotes
+
+    store.catalog.rebuild(fill)
     return len(manifests), damaged

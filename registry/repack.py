@@ -169,9 +169,17 @@ def repack_mode(store: Store) -> RepackMode:
     return cast(RepackMode, mode) if settings.compress else "off"
 
 
-def after_add(store: Store, manifest: Manifest, *, mode: RepackMode, compress: bool) -> None:
+def after_add(
+    store: Store,
+    manifest: Manifest,
+    *,
+    mode: RepackMode,
+    compress: bool,
+    detached: str = "graft.registry.repack",
+) -> None:
     """What follows an add: with `compress` false its blobs stay raw for good; then
-    the store compacts as `mode` says."""
+    the store compacts as `mode` says, in the background by running the module
+    `detached` (its main calls `run_requested`)."""
     if not compress:
         tried = _TriedLog(store.stat_cache.root / KEPT_RAW)
         for _, t in manifest.tensors:
@@ -182,7 +190,7 @@ def after_add(store: Store, manifest: Manifest, *, mode: RepackMode, compress: b
     elif mode == "background":
         (store.locks_dir / WANTED).touch()
         subprocess.Popen(
-            [sys.executable, "-m", "graft.registry.repack", str(store.root)],
+            [sys.executable, "-m", detached, str(store.root)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -190,14 +198,16 @@ def after_add(store: Store, manifest: Manifest, *, mode: RepackMode, compress: b
         )
 
 
-def run_requested(store: Store) -> None:
-    """Repack while requests keep coming; leave at once when another repack runs."""
+def run_requested(store: Store, before_pass: Callable[[], object] = lambda: None) -> None:
+    """Repack while requests keep coming, calling `before_pass` first each time;
+    leave at once when another repack runs."""
     wanted = store.locks_dir / WANTED
     while wanted.exists():
         try:
             with _repack_lock(store, 0):
                 while wanted.exists():  # a request that comes during a pass gets a pass
                     wanted.unlink(missing_ok=True)
+                    before_pass()
                     _repack(store, None, None, None)
         except StoreBusy:
             return  # the one running sees the request when it is done

@@ -90,8 +90,15 @@ class Store:
     def manifest_ids(self) -> set[str]:
         return {p.stem for p in self.manifests_dir.glob("*.json")}
 
+    def is_local(self, artifact_id: str) -> bool:
+        """Whether the artifact is stored here (not only known from a remote)."""
+        return self.manifest_path(artifact_id).is_file()
+
     def load_manifest(self, artifact_id: str) -> Manifest:
+        """The artifact's manifest: stored here, or else as fetched from a remote."""
         path = self.manifest_path(artifact_id)
+        if not path.is_file():
+            path = next(self.root.glob(f"remotes/*/manifests/{artifact_id}.json"), path)
         try:
             manifest = parse_manifest(path.read_bytes())
         except FileNotFoundError as e:
@@ -123,8 +130,11 @@ class Store:
     def sync_catalog(self, con: Connection) -> None:
         """Index manifests the catalog lacks; drop rows whose manifest is gone."""
         on_disk = self.manifest_ids()
-        indexed = {row[0] for row in con.execute("SELECT id FROM artifacts").fetchall()}
+        rows = con.execute("SELECT id, remote IS NOT NULL FROM artifacts").fetchall()
+        indexed = {i for i, fetched in rows if not fetched}
         delete_artifacts(con, sorted(indexed - on_disk))
+        pulled = sorted({i for i, fetched in rows if fetched} & on_disk)
+        delete_artifacts(con, pulled, keep_deltas=True)  # indexed again below, as local
         missing = []
         for artifact_id in sorted(on_disk - indexed):
             with contextlib.suppress(StoreError):  # damaged ones are `verify`'s to report
@@ -132,22 +142,26 @@ class Store:
         insert_manifests(con, missing, self.blobs)
 
     def resolve(self, con: Connection, ref: str) -> str:
-        """The id a REF names: NAME (latest version), NAME@N, or a unique id prefix."""
-        name, _, version = ref.rpartition("@")
-        if name and version.isdigit():
-            row = con.execute(
-                "SELECT id FROM artifacts WHERE name = ? AND version = ?", [name, int(version)]
-            ).fetchone()
-            if row:
-                return str(row[0])
-            raise ArtifactNotFound(
-                f"no artifact {ref!r}", f"see `graft show {name}` for its versions"
-            )
+        """The id a REF names: NAME (latest version), NAME@N, REMOTE:NAME[@N] (a
+        version claimed on a fetched remote), or a unique id prefix. A NAME that
+        nothing here has is looked for on the fetched remotes."""
+        name, _, number = ref.rpartition("@")
+        version = int(number) if name and number.isdigit() else None
+        name = name if version is not None else ref
         row = con.execute(
-            "SELECT id FROM artifacts WHERE name = ? ORDER BY version DESC LIMIT 1", [ref]
+            "SELECT id FROM artifacts WHERE name = ? AND (? IS NULL OR version = ?) "
+            "ORDER BY version DESC LIMIT 1",
+            [name, version, version],
         ).fetchone()
         if row:
             return str(row[0])
+        claimed = _claimed(con, name, version)
+        if claimed:
+            return claimed
+        if version is not None:
+            raise ArtifactNotFound(
+                f"no artifact {ref!r}", f"see `graft show {name}` for its versions"
+            )
         matches = con.execute(
             "SELECT id, name, version FROM artifacts WHERE starts_with(id, lower(?)) ORDER BY id",
             [ref],
@@ -183,6 +197,25 @@ class Store:
             self.locks_dir / "gc.lock", shared=False, timeout=self.lock_timeout, what="the store"
         ):
             yield
+
+
+def _claimed(con: Connection, name: str, version: int | None) -> str | None:
+    """The id claimed as REMOTE:NAME[@N], or as NAME[@N] on the one remote that has it."""
+    remote, _, bare = name.rpartition(":")
+    rows = con.execute(
+        """
+        SELECT remote, id FROM remote_names
+        WHERE ((remote = ? AND name = ?) OR name = ?) AND (? IS NULL OR version = ?)
+          AND id IN (SELECT id FROM artifacts)  -- not a claim whose manifest was refused
+        QUALIFY row_number() OVER (PARTITION BY remote ORDER BY version DESC) = 1
+        ORDER BY remote
+        """,
+        [remote, bare, name, version, version],
+    ).fetchall()
+    if len({i for _, i in rows}) > 1:
+        which = ", ".join(f"{r}:{name}" for r, _ in rows)
+        raise AmbiguousRef(f"{name!r} is on several remotes: {which}", "name one as REMOTE:NAME")
+    return str(rows[0][1]) if rows else None
 
 
 def _check_or_create(root: Path) -> None:

@@ -120,3 +120,31 @@ def test_registration_errors_warn_and_training_finishes(
     assert warnings[0].levelno == logging.WARNING
     assert "checkpoint-2" in warnings[0].getMessage()
     assert "no-such-model" in warnings[0].getMessage()
+
+
+def test_each_checkpoint_is_pushed_as_it_is_registered(store: Store, tmp_path: Path) -> None:
+    """push_to: every checkpoint (and the base, its ancestor) reaches the remote,
+    where another store finds the whole chain."""
+    from graft.registry import add_remote, fetch, list_artifacts
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    add_remote(store, "team", shared.as_uri())
+    register(BASE, name="tiny-llama")
+    callback = GraftCallback(parent="tiny-llama", method="sft", push_to="team")
+    _train(tmp_path / "run", callback, steps=4)
+
+    other = Store.open(tmp_path / "other")
+    add_remote(other, "team", shared.as_uri())
+    assert fetch(other).claims == 3
+    rows = {r.name: r for r in list_artifacts(other, remote="team")}
+    assert set(rows) == {"tiny-llama", "run/checkpoint-2", "run/checkpoint-4"}
+    assert rows["run/checkpoint-4"].parents == ["team:run/checkpoint-2@1"]
+    assert {r.id for r in rows.values()} == {
+        store.resolve_ref(ref).id for ref in ("tiny-llama", *callback_refs(callback, store))
+    }
+    assert touched(other, "team:run/checkpoint-2")  # its deltas came with it
+
+
+def callback_refs(callback: GraftCallback, store: Store) -> list[str]:
+    return [store.load_manifest(i).ref for i in callback.registered]

@@ -323,7 +323,7 @@ def die():
 if point in ("blob half written", "blob renamed"):
     install = BlobStore._install
 
-    def _install(self, key, write):
+    def _install(self, write):
         global installs
         installs += 1
         if installs == 3 and point == "blob half written":
@@ -331,10 +331,11 @@ if point in ("blob half written", "blob renamed"):
                 out.write(b"\0" * 4096)
                 out.flush()
                 die()
-            return install(self, key, half)
-        install(self, key, write)
+            return install(self, half)
+        result = install(self, write)
         if installs == 3:
             die()
+        return result
 
     BlobStore._install = _install
 elif point == "blobs synced":
@@ -450,12 +451,13 @@ from graft.tui.cli import main
 
 limit, installs, install = int(sys.argv[1]), 0, BlobStore._install
 
-def _install(self, key, write):
+def _install(self, write):
     global installs
-    install(self, key, write)
+    result = install(self, write)
     installs += 1
     if installs == limit:
         os.kill(os.getpid(), signal.SIGKILL)
+    return result
 
 BlobStore._install = _install
 sys.argv = ["graft", *sys.argv[2:]]

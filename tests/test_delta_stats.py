@@ -128,7 +128,7 @@ def test_statistics_of_a_real_fine_tune_against_numpy(store: Store, run: Path):
     assert matrices >= 10
 
 
-def test_registering_a_child_streams_and_never_imports_torch(tmp_path: Path):
+def test_recording_a_childs_deltas_streams_and_never_imports_torch(tmp_path: Path):
     """A 64 MB bf16 matrix and its fine-tune: whole-tensor float32 work would
     hold ≥ 3 × 128 MB; spans keep the process near its start-up size."""
     g = torch.Generator().manual_seed(0)
@@ -145,12 +145,13 @@ def test_registering_a_child_streams_and_never_imports_torch(tmp_path: Path):
         "import sys, json, graft; "
         f"graft.register({str(tmp_path / 'base')!r}, name='base'); "
         f"graft.register({str(tmp_path / 'child')!r}, parent='base'); "
+        "rows = graft.touched(graft.Store.open(), 'child'); "
         "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
-        "print(json.dumps(['torch' in sys.modules, int(peak.split()[1]) / 1024]))"
+        "print(json.dumps([len(rows), 'torch' in sys.modules, int(peak.split()[1]) / 1024]))"
     )  # VmHWM: this process's own peak (wait4's counts the forking parent's pages)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
-    torch_loaded, peak = json.loads(out.stdout)
-    assert torch_loaded is False
+    n_rows, torch_loaded, peak = json.loads(out.stdout)
+    assert n_rows == 1 and torch_loaded is False
     assert peak < 300, f"peak RSS {peak:.0f} MB"
     rows = subprocess.run(
         [Path(sys.executable).parent / "graft", "touched", "child@1", "--json"],

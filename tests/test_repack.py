@@ -416,6 +416,39 @@ def test_an_add_starts_a_repack_in_the_background(run, store_dir, monkeypatch):
     assert registry.verify(store).ok
 
 
+def _delta_pairs(store_dir: Path) -> set[tuple[str, str]]:
+    """(child NAME, parent NAME) of every pair whose deltas are recorded, read
+    straight from the catalog (`graft sql` would record the missing ones first)."""
+    with Store.open(store_dir).catalog.reading() as con:
+        rows = con.execute(
+            """
+            SELECT c.name, p.name FROM delta_pairs d
+            JOIN artifacts c ON c.id = d.child_id JOIN artifacts p ON p.id = d.parent_id
+            """
+        ).fetchall()
+    return set(rows)
+
+
+def test_deltas_are_recorded_after_the_add_not_during_it(run, store_dir):
+    """`graft add` returns once the files are stored; with no background job the
+    deltas wait until something reads them, and `graft sql` records them first."""
+    _add_run_by_cli(store_dir, run)  # GRAFT_REPACK=off: no background job
+    assert _delta_pairs(store_dir) == set()
+    query = "SELECT count(*) FROM tensor_deltas WHERE status = 'changed'"
+    done = _graft(store_dir, "sql", query, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["count_star()"] > 0
+    names = [f.name for f in sorted(run.glob("checkpoint-*"))]
+    assert _delta_pairs(store_dir) == set(zip(names, ["base", *names[:-1]], strict=True))
+
+
+def test_the_background_job_records_the_deltas(run, store_dir):
+    _add_run_by_cli(store_dir, run, env={"GRAFT_REPACK": "background"})
+    _wait_for_background_repacks(store_dir)
+    names = [f.name for f in sorted(run.glob("checkpoint-*"))]
+    assert _delta_pairs(store_dir) == set(zip(names, ["base", *names[:-1]], strict=True))
+
+
 def test_eight_parallel_adds_of_related_checkpoints_lose_nothing(store_dir, tmp_path, monkeypatch):
     """Eight checkpoints of one run added at once, each starting a background
     repack while the others still write: every one is registered, exports

@@ -20,7 +20,7 @@ def _forbid_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a cached file was read again")
 
-    monkeypatch.setattr(BlobStore, "hash_range", refuse)
+    monkeypatch.setattr(BlobStore, "put_range", refuse)
 
 
 def test_unchanged_readd_reads_no_tensor_bytes(graft, tmp_path, monkeypatch, no_racy_window):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,6 +14,8 @@ import graft
 from graft import lineage, registry
 from graft.registry import ExitCode, GraftError, Store
 from graft.tui import lineage_views, render
+from graft.tui.cli_options import json_option, with_store
+from graft.tui.cli_remote import REMOTE_COMMANDS
 from graft.tui.demo import populate, run_demo
 
 
@@ -42,21 +43,6 @@ class GraftGroup(click.Group):
                 f"graft: internal error: {type(e).__name__}: {e} (re-run with --debug for details)"
             )
             ctx.exit(ExitCode.ERROR)
-
-
-def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
-
-
-def with_store(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Pass the opened store (from --store / GRAFT_STORE / the default) as `store`."""
-
-    @functools.wraps(f)
-    @click.pass_context
-    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
-        return f(Store.open(ctx.obj["store"]), *args, **kwargs)
-
-    return wrapper
 
 
 @click.group(cls=GraftGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +83,9 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
     is_flag=True,
     help="Convert .bin/.pt weights with torch.load(weights_only=True) instead of refusing.",
 )
-@click.option("--no-repack", is_flag=True, help="Do not start a background repack afterwards.")
+@click.option(
+    "--no-repack", is_flag=True, help="Start no background job (deltas, repack) afterwards."
+)
 @click.option("--no-compress", is_flag=True, help="Keep this artifact's blobs raw for good.")
 @json_option
 @with_store
@@ -117,8 +105,9 @@ def add(
 ) -> None:
     """Register a safetensors file, model, adapter or checkpoint folder, or hf:ORG/NAME.
 
-    With a parent, it also records which tensors changed against it (`graft touched`).
-    Then a repack starts in the background, to store what changed compactly.
+    It returns once the artifact is durably stored. Then a background job records
+    which tensors changed against the parent (`graft touched`) and repacks, to
+    store what changed compactly.
     """
     pairs = dict(_key_value(m) for m in meta)
     guesser = lineage.ParentGuesser(store) if infer_parent else None
@@ -209,15 +198,22 @@ def _key_value(text: str) -> tuple[str, str]:
 @click.option(
     "--kind", type=click.Choice(["model", "adapter", "merge", "checkpoint"]), help="Only this kind."
 )
+@click.option(
+    "--remote", metavar="REMOTE", help="The versions claimed on REMOTE (as of `graft fetch`)."
+)
 @json_option
 @with_store
-def ls(store: Store, name: str | None, kind: str | None, as_json: bool) -> None:
-    """List the artifacts in the store."""
-    rows = registry.list_artifacts(store, name=name, kind=kind)
+def ls(store: Store, name: str | None, kind: str | None, remote: str | None, as_json: bool) -> None:
+    """List the artifacts in the store, and those fetched from remotes (WHERE)."""
+    if remote is not None:
+        registry.get_remote(store, remote)  # an unknown one is an error, not an empty list
+    rows = registry.list_artifacts(store, name=name, kind=kind, remote=remote)
     if as_json:
         render.print_json(rows)
     elif rows:
         render.out.print(render.artifact_table(rows))
+    elif remote is not None:
+        render.err.print(f"nothing fetched from {remote}; run `graft fetch {remote}`")
     else:
         render.err.print("the store is empty; add something with `graft add PATH`")
 
@@ -747,6 +743,10 @@ def tui_(ctx: click.Context, demo: bool) -> None:
         render.err.print("graft: filling a demo store with the bundled samples…", markup=False)
         populate(store)
         GraftApp(store.root).run()
+
+
+for command in REMOTE_COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

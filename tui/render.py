@@ -113,7 +113,9 @@ def rows_table(columns: list[str], rows: list[tuple[Any, ...]]) -> Table:
 
 def artifact_table(rows: list[ArtifactRow]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "KIND", "ID", "TENSORS", "SIZE", "METHOD", "PARENTS", "CREATED"):
+    where = any(r.where != ["local"] for r in rows)  # only once a remote is fetched
+    columns = ("NAME", "KIND", "ID", "TENSORS", "SIZE", "METHOD", "PARENTS", "CREATED")
+    for column in (*columns, "WHERE") if where else columns:
         table.add_column(column, justify="right" if column in ("TENSORS", "SIZE") else "left")
     for r in rows:
         table.add_row(
@@ -125,6 +127,7 @@ def artifact_table(rows: list[ArtifactRow]) -> Table:
             r.method or "",
             ", ".join(r.parents),
             r.created_at.replace("T", " ").removesuffix("Z"),
+            *([", ".join(r.where)] if where else []),
         )
     return table
 
