@@ -16,13 +16,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 from graft.registry.add import next_version
-from graft.registry.blobs import MAX_READ_DEPTH, BlobReader
+from graft.registry.blobs import BlobReader
 from graft.registry.catalog import Connection
 from graft.registry.errors import ArtifactNotFound, CorruptBlob
 from graft.registry.fsutil import write_atomic
@@ -51,7 +51,7 @@ from graft.registry.store import Store
 log = logging.getLogger(__name__)
 
 DOWNLOADS = 8
-MAX_DOC_BYTES = 64 * 1024 * 1024  # a claim or manifest larger than this is not one
+MAX_DOC_BYTES = 64 * 1024 * 1024  # a claim, manifest or deltas file larger than this is not one
 
 OnProgress = Callable[[int, int], None]
 
@@ -89,31 +89,46 @@ def fetch(store: Store, remote_name: str | None = None) -> FetchResult:
     objects = open_objects(remote)
     known = {(c.name, c.version): c for c in load_claims(store, remote.name)}
     refused: list[str] = []
-    new_claims = []
+    new_keys = []
     for key, size in objects.list("names/"):
         parsed = _claim_key(key)
         if parsed is None or parsed in known:
             continue
-        claim = read_claim(objects, *parsed) if size <= MAX_DOC_BYTES else None
-        if claim is None:
-            refused.append(f"{key}: not a claim")
+        if size > MAX_DOC_BYTES:
+            refused.append(f"{key}: not a claim ({size} bytes)")
         else:
-            new_claims.append(claim)
-    claims = [*known.values(), *new_claims]
-    listed = {key for key, _ in objects.list("manifests/")}
-    with_deltas = {key for key, _ in objects.list("deltas/")}
-    new = 0
-    for artifact_id in sorted({c.id for c in claims}):
-        if fetched_manifest_path(store, remote.name, artifact_id).is_file():
-            continue
-        if manifest_key(artifact_id) not in listed:
-            continue  # claimed before its manifest is up: a push elsewhere, or damage
-        has_deltas = deltas_key(artifact_id) in with_deltas
-        problem = _fetch_artifact(store, objects, remote.name, artifact_id, has_deltas)
-        if problem:
-            refused.append(problem)
-        else:
-            new += 1
+            new_keys.append((key, parsed))
+    with ThreadPoolExecutor(DOWNLOADS) as pool:
+        read = pool.map(lambda item: read_claim(objects, *item[1]), new_keys)
+        new_claims = []
+        for (key, _), claim in zip(new_keys, read, strict=True):
+            if claim is None:
+                refused.append(f"{key}: not a claim")
+            else:
+                new_claims.append(claim)
+        claims = [*known.values(), *new_claims]
+        listed = dict(objects.list("manifests/"))
+        with_deltas = {k for k, size in objects.list("deltas/") if size <= MAX_DOC_BYTES}
+        wanted = [
+            i
+            for i in sorted({c.id for c in claims})
+            if not fetched_manifest_path(store, remote.name, i).is_file()
+            and manifest_key(i) in listed  # else claimed before its manifest is up: wait
+        ]
+        problems = pool.map(
+            lambda i: _fetch_artifact(
+                store,
+                objects,
+                remote.name,
+                i,
+                listed[manifest_key(i)],
+                deltas_key(i) in with_deltas,
+            ),
+            wanted,
+        )
+        artifact_problems = [p for p in problems if p]
+    refused += artifact_problems
+    new = len(wanted) - len(artifact_problems)
     save_claims(store, remote.name, claims)
     with store.catalog.writing() as con:
         store.sync_catalog(con)
@@ -133,9 +148,11 @@ def _claim_key(key: str) -> tuple[str, int] | None:
 
 
 def _fetch_artifact(
-    store: Store, objects: Objects, remote: str, artifact_id: str, has_deltas: bool
+    store: Store, objects: Objects, remote: str, artifact_id: str, size: int, has_deltas: bool
 ) -> str | None:
     """Keep the artifact's manifest (and deltas) here; the problem, if refused."""
+    if size > MAX_DOC_BYTES:
+        return f"{manifest_key(artifact_id)}: not a manifest ({size} bytes)"
     data = objects.get(manifest_key(artifact_id))
     if data is None:
         return None  # claimed, manifest not there yet: a push in progress elsewhere
@@ -254,8 +271,9 @@ def resolve_local(store: Store, ref: str) -> Manifest:
 def _receive_blobs(
     store: Store, objects: Objects, manifests: list[Manifest], scratch: Path, received: ByteCounter
 ) -> int:
-    """Download the blobs missing here (and the blobs they are deltas against),
-    check each, and publish it: references first, so each decodes when checked."""
+    """Download the blobs missing here (and the blobs they are deltas against) and
+    publish each once checked, while the others still download: a blob whose
+    reference is not here yet waits for it, so each decodes when checked."""
     sizes = {
         key: size
         for m in manifests
@@ -263,37 +281,57 @@ def _receive_blobs(
         for f in m.files
         for key, size in _sizes(f)
     }
-    files: dict[str, Path] = {}
-    refs: dict[str, str | None] = {}
     todo = sorted(k for k in sizes if not store.blobs.has(k))
     on_remote = dict(objects.list("blobs/")) if todo else {}  # sizes, for the progress bar
-    with ThreadPoolExecutor(DOWNLOADS) as pool:
-        while todo:
-            received.total += sum(on_remote.get(blob_key(k), 0) for k in todo)
-            paths = pool.map(lambda k: _download(objects, k, scratch, received), todo)
-            for key, path in zip(todo, paths, strict=True):
-                files[key] = path
-                refs[key] = _refused_unless(
-                    key, functools.partial(store.blobs.reference_of, key, path)
-                )
-            todo = sorted(
-                {r for r in refs.values() if r and r not in files and not store.blobs.has(r)}
-            )
+    waiting: dict[str, list[tuple[str, Path]]] = {}  # reference → blobs that wait for it
+    published = 0
 
-    def publish(key: str, depth: int = 0) -> None:
-        if store.blobs.has(key):
-            return
-        ref = refs[key]
-        if ref and ref in files and depth < MAX_READ_DEPTH:
-            publish(ref, depth + 1)
+    def publish(key: str, path: Path) -> None:
+        nonlocal published
         size = sizes.get(key)
         if size is None:  # only a reference of what was asked for: its size is its own
-            size = _refused_unless(key, lambda: _decoded_size(store, key, files[key]))
-        _refused_unless(key, lambda: store.blobs.adopt(key, files[key], size))
+            size = _refused_unless(key, lambda: _decoded_size(store, key, path))
+        _refused_unless(key, lambda: store.blobs.adopt(key, path, size))
+        published += 1
+        for waiter, waiter_path in waiting.pop(key, []):
+            publish(waiter, waiter_path)
 
-    for key in files:
-        publish(key)
-    return len(files)
+    with ThreadPoolExecutor(DOWNLOADS) as pool:
+        in_flight: dict[Future[Path], str] = {}
+        asked: set[str] = set()
+
+        def ask(key: str) -> None:
+            if key not in asked:
+                asked.add(key)
+                received.total += on_remote.get(blob_key(key), 0)
+                in_flight[pool.submit(_download, objects, key, scratch, received)] = key
+
+        for key in todo:
+            ask(key)
+        try:
+            while in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = in_flight.pop(future)
+                    path = future.result()
+                    ref = _refused_unless(
+                        key, functools.partial(store.blobs.reference_of, key, path)
+                    )
+                    if ref is None or store.blobs.has(ref):
+                        publish(key, path)
+                    else:
+                        waiting.setdefault(ref, []).append((key, path))
+                        ask(ref)
+        finally:
+            for future in in_flight:
+                future.cancel()
+    if waiting:  # references that never arrived: a loop of them
+        key = next(iter(waiting))
+        raise RemoteError(
+            f"{blob_key(key)} on the remote refers to blobs in a loop: refused, nothing kept",
+            "push it again from a store that holds it intact",
+        )
+    return published
 
 
 def _sizes(f: FileRecord) -> list[tuple[str, int]]:
