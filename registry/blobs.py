@@ -219,26 +219,21 @@ class BlobStore:
                 out.write(chunk)
                 on_bytes(len(chunk))
 
-    def adopt(self, key: str, file: Path, size: int) -> None:
-        """Publish `file` (a downloaded blob, raw or encoded against blobs stored
-        here) as blob `key`, once its bytes, decoded, are `size` long and hash to
-        `key`: CorruptBlob otherwise. Callers hold `Store.pin_blobs` until a
-        manifest refers to it."""
+    def adopt(self, key: str, file: Path, size: int) -> Path:
+        """Publish `file` (a downloaded blob, fsynced, raw or encoded against blobs
+        stored here) as blob `key`, once its bytes, decoded, are `size` long and
+        hash to `key`: CorruptBlob otherwise. Returns the folder to fsync (with
+        `fsync_dir`) before a manifest refers to it; callers hold `Store.pin_blobs`."""
         with BlobReader(self, key, f"blob {key}", path=file) as blob:
             if blob.size != size:
                 raise CorruptBlob(f"blob {key} holds {blob.size} bytes, not {size}")
             for _ in blob.stream():
                 pass
         os.chmod(file, 0o444)
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         target = self.path(key)
         target.parent.mkdir(exist_ok=True)
         os.replace(file, target)
-        fsync_dir(target.parent)
+        return target.parent
 
     def reference_of(self, key: str, file: Path) -> str | None:
         """The blob that `file`, holding blob `key`, is a delta against (None if raw)."""

@@ -25,7 +25,7 @@ from graft.registry.add import next_version
 from graft.registry.blobs import BlobReader
 from graft.registry.catalog import Connection
 from graft.registry.errors import ArtifactNotFound, CorruptBlob
-from graft.registry.fsutil import write_atomic
+from graft.registry.fsutil import fsync_dir, write_atomic
 from graft.registry.manifest import KEY, FileRecord, Manifest, parse_manifest
 from graft.registry.objects import ByteCounter, Objects, RemoteError
 from graft.registry.remote_index import (
@@ -86,8 +86,11 @@ def fetch(store: Store, remote_name: str | None = None) -> FetchResult:
     """Bring the remote's claims, manifests and lineage statistics into the catalog
     (no weights): new ones only, as claims and manifests never change."""
     remote = get_remote(store, remote_name)
-    objects = open_objects(remote)
-    known = {(c.name, c.version): c for c in load_claims(store, remote.name)}
+    return _fetch(store, remote.name, open_objects(remote))
+
+
+def _fetch(store: Store, remote: str, objects: Objects) -> FetchResult:
+    known = {(c.name, c.version): c for c in load_claims(store, remote)}
     refused: list[str] = []
     new_keys = []
     for key, size in objects.list("names/"):
@@ -112,14 +115,14 @@ def fetch(store: Store, remote_name: str | None = None) -> FetchResult:
         wanted = [
             i
             for i in sorted({c.id for c in claims})
-            if not fetched_manifest_path(store, remote.name, i).is_file()
+            if not fetched_manifest_path(store, remote, i).is_file()
             and manifest_key(i) in listed  # else claimed before its manifest is up: wait
         ]
         problems = pool.map(
             lambda i: _fetch_artifact(
                 store,
                 objects,
-                remote.name,
+                remote,
                 i,
                 listed[manifest_key(i)],
                 deltas_key(i) in with_deltas,
@@ -129,11 +132,11 @@ def fetch(store: Store, remote_name: str | None = None) -> FetchResult:
         artifact_problems = [p for p in problems if p]
     refused += artifact_problems
     new = len(wanted) - len(artifact_problems)
-    save_claims(store, remote.name, claims)
+    save_claims(store, remote, claims)
     with store.catalog.writing() as con:
         store.sync_catalog(con)
         index_remotes(con, store)
-    return FetchResult(remote.name, len(claims), new, refused)
+    return FetchResult(remote, len(claims), new, refused)
 
 
 def _claim_key(key: str) -> tuple[str, int] | None:
@@ -201,7 +204,7 @@ def pull(
     and register them here under their names on the remote."""
     remote = get_remote(store, remote_name)
     objects = open_objects(remote)
-    fetch(store, remote.name)
+    _fetch(store, remote.name, objects)
     manifests = _to_pull(store, remote.name, refs, ancestors)
     names = {c.id: c.name for c in reversed(load_claims(store, remote.name))}
     received = ByteCounter(0, on_progress)
@@ -284,15 +287,13 @@ def _receive_blobs(
     todo = sorted(k for k in sizes if not store.blobs.has(k))
     on_remote = dict(objects.list("blobs/")) if todo else {}  # sizes, for the progress bar
     waiting: dict[str, list[tuple[str, Path]]] = {}  # reference → blobs that wait for it
-    published = 0
+    folders: set[Path] = set()  # of published blobs, fsynced once at the end
 
     def publish(key: str, path: Path) -> None:
-        nonlocal published
         size = sizes.get(key)
         if size is None:  # only a reference of what was asked for: its size is its own
             size = _refused_unless(key, lambda: _decoded_size(store, key, path))
-        _refused_unless(key, lambda: store.blobs.adopt(key, path, size))
-        published += 1
+        folders.add(_refused_unless(key, lambda: store.blobs.adopt(key, path, size)))
         for waiter, waiter_path in waiting.pop(key, []):
             publish(waiter, waiter_path)
 
@@ -325,13 +326,15 @@ def _receive_blobs(
         finally:
             for future in in_flight:
                 future.cancel()
+    for folder in folders:
+        fsync_dir(folder)
     if waiting:  # references that never arrived: a loop of them
         key = next(iter(waiting))
         raise RemoteError(
             f"{blob_key(key)} on the remote refers to blobs in a loop: refused, nothing kept",
             "push it again from a store that holds it intact",
         )
-    return published
+    return len(asked)
 
 
 def _sizes(f: FileRecord) -> list[tuple[str, int]]:
@@ -341,9 +344,12 @@ def _sizes(f: FileRecord) -> list[tuple[str, int]]:
 
 
 def _download(objects: Objects, key: str, scratch: Path, received: ByteCounter) -> Path:
+    """The blob in a file of its own, durable (fsynced here, while others download)."""
     fd, tmp = tempfile.mkstemp(dir=scratch, prefix="pull-")
     with os.fdopen(fd, "wb") as out:
         objects.download(blob_key(key), out, received.add)
+        out.flush()
+        os.fsync(out.fileno())
     return Path(tmp)
 
 

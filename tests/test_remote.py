@@ -119,6 +119,8 @@ def test_two_machines_share_a_registry(s3: SeaweedS3, tmp_path: Path):
     assert {t.pop("parent") for t in touched_b} == {"team:base@1"}
     assert {t.pop("parent") for t in touched_a} == {"base@1"}
     assert touched_b == touched_a and touched_a
+    by_method = json.loads(run(b, "touched", "--method", "sft", "--json").stdout)
+    assert by_method["artifacts"] == ["team:sft@1"] and by_method["cells"]
     log_b = json.loads(run(b, "log", "sft", "--json").stdout)
     assert [(e["ref"], e["relation"]) for e in log_b] == [("team:base@1", "finetune")]
     sql = run(b, "sql", "SELECT name, remote FROM artifacts ORDER BY name", "--json").stdout

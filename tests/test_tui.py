@@ -480,3 +480,27 @@ async def test_the_mouse_selects_artifacts_and_tabs(store_path: Path) -> None:
         await pilot.pause()
         assert app.query_one(TabbedContent).active == "layers-tab"
         assert app.query_one(LayerHeatmap).grid.changed_layers() == [2, 3]
+
+
+async def test_artifacts_fetched_from_a_remote_open_without_their_weights(
+    demo_store: Path, tmp_path: Path
+) -> None:
+    """A store that only fetched the demo store's artifacts from a shared folder
+    shows the same tree, details and touched layers, with no blob stored."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    source, fetched = Store.open(demo_store), Store.open(tmp_path / "fetched")
+    for s in (source, fetched):
+        registry.add_remote(s, "team", shared.as_uri())
+    lineage.push(source, [r.ref for r in list_artifacts(source)], "team")
+    registry.fetch(fetched, "team")
+    app = GraftApp(fetched.root, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = await _loaded(app, pilot)
+        assert tree.structure()[""] == ["team:tiny-llama@1"]
+        await _select(app, pilot, "team:tiny-llama-sft@1")
+        assert app.query_one(Overview).fields["parents"] == "team:tiny-llama@1 (finetune)"
+        assert app.query_one(LayerHeatmap).grid.changed_layers() == [2, 3]
+        assert app.query_one(TensorTable).row_count == 39
+        assert not [n for n in app._notifications if n.severity == "error"]
+    assert not list((fetched.root / "blobs").rglob("*"))
