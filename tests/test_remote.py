@@ -50,6 +50,7 @@ def run(store: Path, *args: str | Path, env: dict[str, str] | None = None, code:
     )
     assert done.returncode == code, (args, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
+    assert SECRET_KEY not in done.stdout + done.stderr
     return done
 
 
