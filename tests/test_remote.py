@@ -196,25 +196,27 @@ def test_four_stores_push_one_name_at_once(s3: SeaweedS3, tmp_path: Path):
     assert {r["id"] for r in listing} == ids
 
 
-def test_a_folder_is_a_remote_too(tmp_path: Path):
+def pushed_through_a_folder(tmp_path: Path, folder: Path, name: str) -> tuple[Path, Path]:
+    """Stores a and b sharing remote `nfs` (a folder); a has added `folder` as
+    `name` and pushed it. Returns (b, the shared folder)."""
     a, b, shared = tmp_path / "a", tmp_path / "b", tmp_path / "shared"
     shared.mkdir()
-    run(a, "add", SAMPLES / "lora-copy", "--name", "adapter")
+    run(a, "add", folder, "--name", name)
     for store in (a, b):
         run(store, "remote", "add", "nfs", shared.as_uri())
-    run(a, "push", "adapter")
+    run(a, "push", name)
+    return b, shared
+
+
+def test_a_folder_is_a_remote_too(tmp_path: Path):
+    b, _ = pushed_through_a_folder(tmp_path, SAMPLES / "lora-copy", "adapter")
     run(b, "pull", "adapter")
     run(b, "export", "adapter", tmp_path / "out")
     assert sha256_files(tmp_path / "out") == sha256_files(SAMPLES / "lora-copy")
 
 
 def test_exporting_a_remote_only_artifact_pulls_it_first(tmp_path: Path):
-    a, b, shared = tmp_path / "a", tmp_path / "b", tmp_path / "shared"
-    shared.mkdir()
-    run(a, "add", SAMPLES / "tiny-llama", "--name", "base")
-    for store in (a, b):
-        run(store, "remote", "add", "nfs", shared.as_uri())
-    run(a, "push", "base")
+    b, _ = pushed_through_a_folder(tmp_path, SAMPLES / "tiny-llama", "base")
     run(b, "fetch")
     done = run(b, "export", "base", tmp_path / "out")
     assert "only on remote 'nfs': pulling it first" in done.stderr
@@ -275,12 +277,7 @@ def test_a_crafted_manifest_escaping_the_folder_is_refused(tmp_path: Path):
 
 
 def test_a_blob_that_does_not_hash_to_its_key_is_not_kept(tmp_path: Path):
-    a, b, shared = tmp_path / "a", tmp_path / "b", tmp_path / "shared"
-    shared.mkdir()
-    run(a, "add", SAMPLES / "tiny-llama", "--name", "base")
-    for store in (a, b):
-        run(store, "remote", "add", "nfs", shared.as_uri())
-    run(a, "push", "base")
+    b, shared = pushed_through_a_folder(tmp_path, SAMPLES / "tiny-llama", "base")
     victim = max(
         (shared / "blobs").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0
     )
