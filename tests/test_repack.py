@@ -432,7 +432,7 @@ def _delta_pairs(store_dir: Path) -> set[tuple[str, str]]:
 def test_deltas_are_recorded_after_the_add_not_during_it(run, store_dir):
     """`graft add` returns once the files are stored; with no background job the
     deltas wait until something reads them, and `graft sql` records them first."""
-    _add_run_by_cli(store_dir, run)  # GRAFT_REPACK=off: no background job
+    _add_run_by_cli(store_dir, run, env={"GRAFT_REPACK": "off"})  # no background job
     assert _delta_pairs(store_dir) == set()
     query = "SELECT count(*) FROM tensor_deltas WHERE status = 'changed'"
     done = _graft(store_dir, "sql", query, "--json")

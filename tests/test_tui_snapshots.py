@@ -52,6 +52,7 @@ def _on(
         if tab is not None:
             app.query_one(TabbedContent).active = tab
             await pilot.pause()
+            await pilot.wait_for_scheduled_animations()  # the tab's underline slides
         for key in keys:
             await pilot.press(key)
             await pilot.pause()
