@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from graft.registry.errors import GraftError
 from graft.registry.fsutil import file_lock, write_atomic
 from graft.registry.objects import FolderObjects, Objects, S3Objects
+from graft.registry.remote_index import fetched_dir, index_remotes
 from graft.registry.store import Store
 
 CONFIG = "remotes.json"
@@ -66,17 +68,28 @@ def add_remote(
     _check(remote)
     with _config_lock(store):
         remotes = list_remotes(store)
-        if any(r.name == name for r in remotes) and not force:
+        replaced = [r for r in remotes if r.name == name]
+        if replaced and not force:
             raise BadRemote(f"remote {name!r} exists", "pass --force to replace it")
         _save(store, [*(r for r in remotes if r.name != name), remote])
+        if replaced and replaced[0] != remote:
+            _forget_fetched(store, name)
     return remote
 
 
 def remove_remote(store: Store, name: str) -> None:
+    """Forget the remote and what was fetched from it (nothing on it is touched)."""
     with _config_lock(store):
         remotes = list_remotes(store)
         get_remote(store, name)
         _save(store, [r for r in remotes if r.name != name])
+        _forget_fetched(store, name)
+
+
+def _forget_fetched(store: Store, name: str) -> None:
+    with store.catalog.writing() as con:
+        shutil.rmtree(fetched_dir(store, name), ignore_errors=True)
+        index_remotes(con, store)
 
 
 def get_remote(store: Store, name: str | None) -> Remote:

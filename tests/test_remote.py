@@ -512,3 +512,13 @@ def test_a_server_killed_mid_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert assert_consistent(objects)[0] == 2
     finally:
         server.kill()
+
+
+def test_removing_a_remote_forgets_what_was_fetched_from_it(tmp_path: Path):
+    b, _ = pushed_through_a_folder(tmp_path, SAMPLES / "lora-copy", "adapter")
+    run(b, "fetch")
+    assert [r["name"] for r in json.loads(run(b, "ls", "--json").stdout)] == ["nfs:adapter"]
+    run(b, "remote", "remove", "nfs")
+    assert json.loads(run(b, "ls", "--json").stdout) == []
+    assert not (b / "remotes" / "nfs").exists()
+    assert Store.open(b).manifest_ids() == set()
