@@ -3,7 +3,15 @@
 Computing deltas needs torch (`lineage.deltas`); importing this package does not.
 """
 
-from graft.lineage.diff import DiffRow, LayerGrowth, NothingInCommon, Series, diff, series
+from graft.lineage.diff import (
+    DiffRow,
+    LayerGrowth,
+    NothingInCommon,
+    Series,
+    diff,
+    run_of,
+    series,
+)
 from graft.lineage.infer import ParentGuesser, Suggestion, guess_parent
 from graft.lineage.log import LogEntry, base_parents, log
 from graft.lineage.names import AdapterKey, Place, adapter_key, place_of
@@ -47,6 +55,7 @@ __all__ = [
     "push",
     "recompute",
     "register",
+    "run_of",
     "run_sql",
     "series",
     "touched",

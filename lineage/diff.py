@@ -75,7 +75,15 @@ class Series:
     run: str
     base: str  # NAME@N the run started from
     checkpoints: list[str]  # NAME@N, in step order
+    steps: list[int]  # the N of each RUN/checkpoint-N
     layers: list[LayerGrowth]
+    losses: list[float | None]  # each checkpoint's last logged loss (trainer_state.json)
+
+
+def run_of(name: str) -> str | None:
+    """RUN, for an artifact named RUN/checkpoint-N (a checkpoint of a run)."""
+    found = re.fullmatch(r"(.+)/checkpoint-\d+", name)
+    return found.group(1) if found else None
 
 
 def series(store: Store, run: str) -> Series:
@@ -126,4 +134,12 @@ def series(store: Store, run: str) -> Series:
         for layer in sorted(by_layer, key=lambda x: (x is not None, x or 0))
     ]
     base_ref = store.load_manifest(base_id).ref
-    return Series(run, base_ref, [r for _, _, r in steps], layers)
+    losses = [_loss(store.load_manifest(i).meta.get("loss")) for i in ids]
+    return Series(run, base_ref, [r for _, _, r in steps], [s for s, _, _ in steps], layers, losses)
+
+
+def _loss(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None

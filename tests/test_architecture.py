@@ -73,11 +73,12 @@ def test_usage_error_exits_2_without_traceback(tmp_path):
 
 
 def test_the_cli_starts_without_importing_torch_or_numpy():
-    """torch costs a second per command, numpy ~50 ms: only computing deltas, merging
-    and encoding or decoding blobs need them."""
+    """torch costs a second per command, numpy ~50 ms, matplotlib ~300 ms: only
+    computing deltas, merging, encoding or decoding blobs and drawing need them."""
+    heavy = ("torch", "numpy", "zstandard", "matplotlib", "networkx")
     code = (
         "import sys, graft.tui.cli, graft.lineage, graft.registry.repack; "
-        "print(sorted(m for m in ('torch', 'numpy', 'zstandard') if m in sys.modules))"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     loaded = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip()
     assert loaded == "[]"

@@ -98,3 +98,13 @@ def test_add_dialog(snap_compare: Any, demo_store: Path) -> None:
     assert snap_compare(
         app, terminal_size=SIZE, run_before=_on("tiny-llama@1", "layers-tab", ("a",))
     )
+
+
+def test_series_tab(snap_compare: Any, store_dir: Path, tmp_path: Path) -> None:
+    from tests.test_tui_pictures import make_run_store
+
+    make_run_store(tmp_path)
+    app = GraftApp(store_dir, poll=False)
+    assert snap_compare(
+        app, terminal_size=SIZE, run_before=_on("run/checkpoint-200@1", "series-tab")
+    )

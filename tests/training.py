@@ -1,12 +1,14 @@
 """A real (tiny) training run for tests about compression: optimizer output, not noise.
 
 A small Llama learns the bytes of Python's own standard library with AdamW;
-it is saved as a base, then fine-tuned with checkpoints every few steps, and
-a second fine-tune of the base is saved beside them.
+it is saved as a base, then fine-tuned with checkpoints every few steps (each
+with the `trainer_state.json` a transformers Trainer writes: step and losses),
+and a second fine-tune of the base is saved beside them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,16 +24,17 @@ def stdlib_bytes(limit: int = 2_000_000) -> torch.Tensor:
 
 
 def _train(model: LlamaForCausalLM, data: torch.Tensor, steps: int, lr: float, seed: int):
-    """Yield after each AdamW step on random windows of `data`."""
+    """Yield (step, loss) after each AdamW step on random windows of `data`."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for step in range(1, steps + 1):
         starts = torch.randint(0, len(data) - 65, (8,), generator=g)
         batch = torch.stack([data[s : s + 65] for s in starts])
-        model(input_ids=batch, labels=batch).loss.backward()
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
-        yield step
+        yield step, loss.item()
 
 
 def _save(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> None:
@@ -72,9 +75,13 @@ def make_run(
         pass
     _save(model, out / "base", dtype)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    for step in _train(model, data, checkpoints * every, lr, seed=1):
+    history = []
+    for step, loss in _train(model, data, checkpoints * every, lr, seed=1):
+        history.append({"step": step, "loss": round(loss, 4)})
         if step % every == 0:
             _save(model, out / f"checkpoint-{step}", dtype)
+            state = {"global_step": step, "log_history": history}
+            (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
     model.load_state_dict(base_state)
     for _ in _train(model, data, every, lr, seed=2):
         pass

@@ -7,6 +7,7 @@ messages; the handlers here are the only code that changes widgets.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,26 @@ from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from graft import lineage, registry
-from graft.registry import ArtifactDetail, ArtifactRow, Store
+from graft.registry import ArtifactDetail, ArtifactRow, GraftError, Store
+from graft.tui.grids import parents_of
 from graft.tui.screens.add_dialog import AddDialog
 from graft.tui.screens.help import HelpScreen
-from graft.tui.widgets import ArtifactTree, LayerHeatmap, MethodsView, Overview, TensorTable
+from graft.tui.widgets import (
+    ArtifactTree,
+    LayerHeatmap,
+    MethodsView,
+    Overview,
+    SeriesView,
+    TensorTable,
+)
+from graft.tui.widgets.series_view import HINT as SERIES_HINT
 
 REFRESH_SECONDS = 5.0
+
+
+def picture_path(what: str) -> Path:
+    """Where `p` writes a picture of `what`: NAME@N-view.png in the current folder."""
+    return Path(re.sub(r"[^\w@.-]+", "_", what) + ".png").absolute()
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,8 @@ class Loaded:
     detail: ArtifactDetail
     touches: list[lineage.Touch]
     layers: list[int]
+    series: lineage.Series | None  # the run, for a checkpoint RUN/checkpoint-N
+    series_note: str  # why there is none
 
 
 class GraftApp(App[None]):
@@ -53,6 +70,7 @@ class GraftApp(App[None]):
         Binding("b", "build_merge", "Merge"),
         Binding("m", "methods", "Methods"),
         Binding("r", "refresh", "Refresh"),
+        Binding("p", "picture", "Picture"),
         Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
@@ -78,6 +96,7 @@ class GraftApp(App[None]):
         self.poll = poll
         self.rows: list[ArtifactRow] | None = None
         self.shown: str | None = None  # ref of the artifact in the tabs
+        self.loaded: Loaded | None = None  # what the tabs show
         self.pending: str | None = None  # a new artifact to select once it is listed
         self._store: Store | None = None
 
@@ -95,6 +114,8 @@ class GraftApp(App[None]):
                     yield TensorTable(id="tensors")
                 with TabPane("Methods", id="methods-tab"):
                     yield MethodsView(id="methods")
+                with TabPane("Series", id="series-tab"), ScrollableContainer():
+                    yield SeriesView(id="series")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -136,8 +157,16 @@ class GraftApp(App[None]):
         detail = registry.show(store, row.ref)
         touches = lineage.touched(store, row.ref)
         layers = lineage.layers_of(store, row.ref)
+        series, note = None, ""
+        run = lineage.run_of(row.name)
+        if run is not None:
+            try:
+                series = lineage.series(store, run)
+            except GraftError as e:
+                note = f"run {run}: {e.message}"
         if not get_current_worker().is_cancelled:
-            self.post_message(self.DetailLoaded(Loaded(row, detail, touches, layers)))
+            loaded = Loaded(row, detail, touches, layers, series, note)
+            self.post_message(self.DetailLoaded(loaded))
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="method")
     def load_method(self, method: str) -> None:
@@ -179,10 +208,12 @@ class GraftApp(App[None]):
             return  # the cursor moved on while it loaded
         self.shown = loaded.row.ref
         self.query_one(Overview).show(loaded.detail, loaded.touches)
-        parents = ", ".join(loaded.row.parents) or "no parent"
+        parents = ", ".join(parents_of(loaded.touches)) or "no parent"
         caption = f"{loaded.row.ref} vs {parents}: largest rel. change per module (· untouched)"
         self.query_one(LayerHeatmap).show(loaded.touches, loaded.layers, caption)
         self.query_one(TensorTable).show(loaded.detail.manifest, loaded.touches)
+        self.query_one(SeriesView).show(loaded.series, loaded.series_note)
+        self.loaded = loaded
 
     def on_graft_app_method_loaded(self, message: MethodLoaded) -> None:
         view = self.query_one(MethodsView)
@@ -264,6 +295,45 @@ class GraftApp(App[None]):
     def _select_new(self, ref: str | None) -> None:
         if ref is not None:
             self.select_when_listed(ref)
+
+    def action_picture(self) -> None:
+        """Draw the open tab (Overview: the lineage graph) to a PNG in the current folder."""
+        tab = self.query_one(TabbedContent).active
+        method = self.query_one(MethodsView).touches
+        if tab == "methods-tab":
+            if method is None:
+                self.notify("choose a method first", severity="warning")
+                return
+            self.draw_picture(tab, None, method)
+        elif self.loaded is None:
+            self.notify("select an artifact first", severity="warning")
+        elif tab == "series-tab" and self.loaded.series is None:
+            self.notify(self.loaded.series_note or SERIES_HINT, severity="warning")
+        else:
+            self.draw_picture(tab, self.loaded, None)
+
+    @work(thread=True, exit_on_error=False, group="picture")
+    def draw_picture(
+        self, tab: str, loaded: Loaded | None, method: lineage.MethodTouches | None
+    ) -> None:
+        from graft.tui import pictures  # matplotlib: only once a picture is asked for
+
+        if method is not None:
+            drawn = pictures.method_heatmap(method, picture_path(f"method-{method.method}"))
+        else:
+            assert loaded is not None
+            m = loaded.detail.manifest
+            if tab == "series-tab" and loaded.series is not None:
+                drawn = pictures.series_plot(loaded.series, picture_path(f"{m.ref}-series"))
+            elif tab == "overview-tab":
+                me, entries = lineage.log(self.store(), m.ref)
+                drawn = pictures.lineage_graph(
+                    me, entries, picture_path(f"{m.ref}-lineage"), children=False
+                )
+            else:
+                path = picture_path(f"{m.ref}-layers")
+                drawn = pictures.touched_heatmap(m, loaded.touches, loaded.layers, path)
+        self.call_from_thread(self.notify, f"wrote {drawn.path}", title="picture")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.BINDINGS))

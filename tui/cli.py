@@ -13,8 +13,8 @@ import click
 import graft
 from graft import lineage, registry
 from graft.registry import ExitCode, GraftError, Store
-from graft.tui import lineage_views, render
-from graft.tui.cli_options import json_option, with_store
+from graft.tui import lineage_views, pictures, render
+from graft.tui.cli_options import json_option, plot_option, with_store
 from graft.tui.cli_remote import REMOTE_COMMANDS
 from graft.tui.demo import populate, run_demo
 
@@ -250,10 +250,17 @@ def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
     help="How each layer's change grew over the checkpoints RUN/checkpoint-N.",
 )
 @click.option("--grid/--no-grid", default=True, help="Also draw the layers × modules grid.")
+@plot_option
 @json_option
 @with_store
 def touched(
-    store: Store, ref: str | None, method: str | None, run: str | None, grid: bool, as_json: bool
+    store: Store,
+    ref: str | None,
+    method: str | None,
+    run: str | None,
+    grid: bool,
+    plot: Path | None,
+    as_json: bool,
 ) -> None:
     """Which layers and modules REF changed against its parent(s), and by how much."""
     if sum(x is not None for x in (ref, method, run)) != 1:
@@ -264,6 +271,8 @@ def touched(
             render.print_json(growth)
         else:
             render.out.print(lineage_views.series_table(growth))
+        if plot:
+            _drew(pictures.series_plot(growth, plot))
         return
     if method:
         by_method = lineage.touched_by_method(store, method)
@@ -272,9 +281,14 @@ def touched(
         else:
             render.out.print(lineage_views.method_grid(by_method))
             render.out.print("artifacts: " + ", ".join(by_method.artifacts), markup=False)
+        if plot:
+            _drew(pictures.method_heatmap(by_method, plot))
         return
     assert ref is not None
     touches = lineage.touched(store, ref)
+    if plot:
+        m = store.resolve_ref(ref)
+        _drew(pictures.touched_heatmap(m, touches, lineage.layers_of(store, ref), plot))
     if as_json:
         render.print_json(touches)
         return
@@ -287,6 +301,10 @@ def touched(
         title = f"largest relative change in {ref} (· untouched)"
         layers = lineage.layers_of(store, ref)
         render.out.print(lineage_views.touched_grid(touches, title, layers))
+
+
+def _drew(picture: pictures.Picture) -> None:
+    render.err.print(f"wrote {picture.path}", markup=False)
 
 
 @cli.group("lineage")
@@ -307,11 +325,14 @@ def lineage_recompute(store: Store, ref: str | None) -> None:
 @click.argument("a")
 @click.argument("b")
 @click.option("--all", "show_all", is_flag=True, help="Also list identical tensors.")
+@plot_option
 @json_option
 @with_store
-def diff(store: Store, a: str, b: str, show_all: bool, as_json: bool) -> None:
+def diff(store: Store, a: str, b: str, show_all: bool, plot: Path | None, as_json: bool) -> None:
     """Per layer and module, how B differs from A (any two artifacts)."""
     a_ref, b_ref, rows = lineage.diff(store, a, b)
+    if plot:
+        _drew(pictures.diff_heatmap(a_ref, b_ref, rows, plot))
     shown = rows if show_all else [r for r in rows if r.status != "identical"]
     if as_json:
         render.print_json({"a": a_ref, "b": b_ref, "tensors": shown})
@@ -325,15 +346,38 @@ def diff(store: Store, a: str, b: str, show_all: bool, as_json: bool) -> None:
 @cli.command("log")
 @click.argument("ref")
 @click.option("--children", is_flag=True, help="Show descendants instead of ancestors.")
+@plot_option
 @json_option
 @with_store
-def log_(store: Store, ref: str, children: bool, as_json: bool) -> None:
+def log_(store: Store, ref: str, children: bool, plot: Path | None, as_json: bool) -> None:
     """The ancestry tree of REF: each parent with its relation and method."""
     me, entries = lineage.log(store, ref, children=children)
+    if plot:
+        _drew(pictures.lineage_graph(me, entries, plot, children=children))
     if as_json:
         render.print_json(entries)
     else:
         render.out.print(lineage_views.log_tree(me, entries, children=children))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write [default: NAME-N.html here].",
+)
+@with_store
+def report(store: Store, ref: str, out: Path | None) -> None:
+    """One self-contained HTML page about REF: overview, lineage graph, heatmap,
+    most changed tensors, a merge's recipe, a checkpoint's run (opens offline)."""
+    from graft.tui.report import write_report
+
+    if out is None:
+        m = store.resolve_ref(ref)
+        out = Path(f"{m.name.replace('/', '_')}-{m.version}.html")
+    render.err.print(f"wrote {write_report(store, ref, out)}", markup=False)
 
 
 def merge_options(f: Callable[..., Any]) -> Callable[..., Any]:

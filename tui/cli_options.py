@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from graft.registry import Store
+from graft.tui.pictures import PictureError, picture_format
+
+
+def plot_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--plot",
+        type=click.Path(dir_okay=False, path_type=Path),
+        callback=_picture_name,
+        metavar="FILE",
+        help="Also draw it to FILE (.png or .svg).",
+    )(f)
+
+
+def _picture_name(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None:
+        try:
+            picture_format(value)
+        except PictureError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+    return value
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from rich.table import Table
 from rich.text import Text
@@ -10,8 +10,7 @@ from rich.tree import Tree
 
 from graft.lineage import LogEntry, MethodTouches, Touch
 from graft.lineage.diff import DiffRow, Series
-
-BLOCK_ORDER = ("embedding", "attention", "mlp", "norm", "head", "other")
+from graft.tui.grids import UNTOUCHED, HeatGrid, Key, layer_label
 
 
 def _num(value: float | None, fmt: str = ".3g") -> str:
@@ -91,53 +90,32 @@ def _shape(shape: list[int] | None) -> str:
 def touched_grid(touches: Iterable[Touch], title: str, layers: Iterable[int | None] = ()) -> Table:
     """Layers × modules, each cell the largest relative change there; `layers`
     adds rows for layers left untouched, so that what was not changed shows."""
-    cells: dict[tuple[int | None, str, str], float | None] = {}
-    for t in touches:
-        key = (t.layer, t.block, t.module)
-        old = cells.get(key)
-        cells[key] = t.rel_change if old is None else max(old, t.rel_change or 0.0)
-    texts = {k: Text(_num(v, ".2g"), style=_heat(v)) for k, v in cells.items()}
-    return _grid(title, texts, layers)
+    grid = HeatGrid.of(touches, layers)
+    return _grid(title, grid, lambda key: _num(grid.values[key], ".2g"))
 
 
 def method_grid(m: MethodTouches) -> Table:
     """Layers × modules: how many of the method's artifacts changed each, mean change."""
-    cells = {
-        (c.layer, c.block, c.module): Text(
-            f"{c.artifacts}×{_num(c.mean_rel_change, '.2g')}", style=_heat(c.mean_rel_change)
-        )
-        for c in m.cells
-    }
+    grid = HeatGrid.of_method(m)
     title = f"method {m.method}, {len(m.artifacts)} artifacts: changed by n × mean rel. change"
-    return _grid(title, cells)
+    return _grid(title, grid, lambda key: f"{grid.counts[key]}×{_num(grid.values[key], '.2g')}")
 
 
-def module_columns(keys: Iterable[tuple[int | None, str, str]]) -> list[tuple[str, str]]:
-    """The (block, module) columns of a layers × modules grid over `keys`
-    (layer, block, module): embedding first, then attention, mlp, norm, head."""
-    return sorted(
-        {(b, mod) for _, b, mod in keys},
-        key=lambda c: (BLOCK_ORDER.index(c[0]) if c[0] in BLOCK_ORDER else len(BLOCK_ORDER), c[1]),
-    )
-
-
-def _grid(
-    title: str,
-    cells: dict[tuple[int | None, str, str], Text],
-    extra_layers: Iterable[int | None] = (),
-) -> Table:
-    columns = module_columns(cells)
-    layers = sorted(
-        {layer for layer, _, _ in cells} | set(extra_layers), key=lambda x: (x is not None, x or 0)
-    )
+def _grid(title: str, grid: HeatGrid, text: Callable[[Key], str]) -> Table:
     table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
     table.add_column("LAYER", justify="right")
-    for _, module in columns:
+    for _, module in grid.columns:
         table.add_column(module, justify="center")
-    for layer in layers:
-        row = [Text("—" if layer is None else str(layer))]
-        for block, module in columns:
-            row.append(cells.get((layer, block, module), Text("·", style="dim")))
+    for layer in grid.layers:
+        row = [Text(layer_label(layer))]
+        for block, module in grid.columns:
+            key = (layer, block, module)
+            changed = key in grid.values
+            row.append(
+                Text(text(key), style=_heat(grid.values[key]))
+                if changed
+                else Text(UNTOUCHED, style="dim")
+            )
         table.add_row(*row)
     return table
 

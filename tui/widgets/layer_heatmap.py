@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.measure import Measurement
@@ -12,9 +11,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from graft.lineage import Touch
-from graft.tui.lineage_views import module_columns
-
-UNTOUCHED = "·"
+from graft.tui.grids import UNTOUCHED, HeatGrid
 
 
 def heat_style(variables: Mapping[str, str], value: float | None) -> str:
@@ -28,50 +25,6 @@ def heat_style(variables: Mapping[str, str], value: float | None) -> str:
     if value < 1e-1:
         return variables.get("warning", "yellow")
     return "bold " + variables.get("error", "red")
-
-
-@dataclass(frozen=True)
-class HeatGrid:
-    """Which (layer, block, module) cells changed; a value of None means changed
-    without a relative change (added or reshaped)."""
-
-    layers: list[int | None] = field(default_factory=list)
-    columns: list[tuple[str, str]] = field(default_factory=list)  # (block, module)
-    values: dict[tuple[int | None, str, str], float | None] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, touches: Iterable[Touch], layers: Iterable[int | None] = ()) -> HeatGrid:
-        values: dict[tuple[int | None, str, str], float | None] = {}
-        for t in touches:
-            key = (t.layer, t.block, t.module)
-            old = values.get(key)
-            values[key] = t.rel_change if old is None else max(old, t.rel_change or 0.0)
-        columns = module_columns(values)
-        all_layers = sorted(
-            {layer for layer, _, _ in values} | set(layers), key=lambda x: (x is not None, x or 0)
-        )
-        return cls(all_layers, columns, values)
-
-    def changed(self, layer: int | None, block: str, module: str) -> bool:
-        return (layer, block, module) in self.values
-
-    def changed_layers(self) -> list[int | None]:
-        return [x for x in self.layers if any(self.changed(x, b, m) for b, m in self.columns)]
-
-    def cells(self) -> list[list[str]]:
-        """One row per layer: the layer, then each module's change or "·" when untouched."""
-        rows = []
-        for layer in self.layers:
-            row = ["—" if layer is None else str(layer)]
-            for block, module in self.columns:
-                key = (layer, block, module)
-                if key not in self.values:
-                    row.append(UNTOUCHED)
-                else:
-                    value = self.values[key]
-                    row.append("new shape" if value is None else format(value, ".2g"))
-            rows.append(row)
-        return rows
 
 
 def unsqueezed(table: Table, console: Console) -> Table:

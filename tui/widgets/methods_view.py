@@ -16,8 +16,8 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from graft.lineage import MethodTouches
-from graft.tui.lineage_views import module_columns
-from graft.tui.widgets.layer_heatmap import UNTOUCHED, heat_style, unsqueezed
+from graft.tui.grids import UNTOUCHED, module_columns
+from graft.tui.widgets.layer_heatmap import heat_style, unsqueezed
 
 
 class MethodsView(Vertical):
