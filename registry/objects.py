@@ -21,7 +21,9 @@ from graft.registry.errors import GraftError
 from graft.registry.fsutil import atomic_writer, fsync_dir
 
 OnBytes = Callable[[int], None]
-MULTIPART_BYTES = 64 * 1024 * 1024  # larger uploads and downloads go in parallel parts
+MULTIPART_BYTES = 64 * 1024 * 1024  # larger uploads go in parallel parts
+READ_BYTES = 1024 * 1024  # a download is written in pieces of this size
+READ_ATTEMPTS = 3
 
 
 class RemoteError(GraftError, OSError):
@@ -153,6 +155,9 @@ class S3Objects:
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=32,
+            # Every blob pulled is hashed against its key, the stronger check:
+            # botocore's CRC32 of each response would only cost CPU.
+            response_checksum_validation="when_required",
         )
         try:
             self.client = boto3.session.Session().client(
@@ -187,10 +192,28 @@ class S3Objects:
             return bytes(body.read())
 
     def download(self, key: str, out: BinaryIO, on_bytes: OnBytes) -> None:
+        """One GET streamed into `out` (the callers download many objects at once;
+        a transfer manager's threads per object cost more CPU than they gain). A
+        body cut off mid-stream is fetched again: botocore retries only requests."""
+        from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+
+        origin = out.tell()
         with self._errors(key):
-            self.client.download_fileobj(
-                self.bucket, self.prefix + key, out, Callback=on_bytes, Config=self.transfer
-            )
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                written = 0
+                try:
+                    response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+                    for chunk in response["Body"].iter_chunks(READ_BYTES):
+                        out.write(chunk)
+                        written += len(chunk)
+                        on_bytes(len(chunk))
+                    return
+                except (IncompleteReadError, ResponseStreamingError):
+                    if attempt == READ_ATTEMPTS:
+                        raise
+                    on_bytes(-written)
+                    out.seek(origin)
+                    out.truncate()
 
     def upload(self, key: str, data: BinaryIO, size: int, on_bytes: OnBytes) -> None:
         with self._errors(key):

@@ -51,6 +51,7 @@ from graft.registry.store import Store
 log = logging.getLogger(__name__)
 
 DOWNLOADS = 8
+CHECKERS = os.cpu_count() or 1  # blobs decoded and checked at once (most are 1-2 chunks)
 MAX_DOC_BYTES = 64 * 1024 * 1024  # a claim, manifest or deltas file larger than this is not one
 
 OnProgress = Callable[[int, int], None]
@@ -275,8 +276,8 @@ def _receive_blobs(
     store: Store, objects: Objects, manifests: list[Manifest], scratch: Path, received: ByteCounter
 ) -> int:
     """Download the blobs missing here (and the blobs they are deltas against) and
-    publish each once checked, while the others still download: a blob whose
-    reference is not here yet waits for it, so each decodes when checked."""
+    publish each once checked, several at a time while the others still download:
+    a blob whose reference is not here yet waits for it, so each decodes when checked."""
     sizes = {
         key: size
         for m in manifests
@@ -288,24 +289,22 @@ def _receive_blobs(
     on_remote = dict(objects.list("blobs/")) if todo else {}  # sizes, for the progress bar
     waiting: dict[str, list[tuple[str, Path]]] = {}  # reference → blobs that wait for it
     folders: set[Path] = set()  # of published blobs, fsynced once at the end
-
-    def publish(key: str, path: Path) -> None:
-        size = sizes.get(key)
-        if size is None:  # only a reference of what was asked for: its size is its own
-            size = _refused_unless(key, lambda: _decoded_size(store, key, path))
-        folders.add(_refused_unless(key, lambda: store.blobs.adopt(key, path, size)))
-        for waiter, waiter_path in waiting.pop(key, []):
-            publish(waiter, waiter_path)
-
-    with ThreadPoolExecutor(DOWNLOADS) as pool:
-        in_flight: dict[Future[Path], str] = {}
+    with (
+        ThreadPoolExecutor(DOWNLOADS) as downloads,
+        ThreadPoolExecutor(CHECKERS, thread_name_prefix="graft-check") as checkers,
+    ):
+        in_flight: dict[Future[Path], tuple[str, str]] = {}  # → (step, key)
         asked: set[str] = set()
 
         def ask(key: str) -> None:
             if key not in asked:
                 asked.add(key)
                 received.total += on_remote.get(blob_key(key), 0)
-                in_flight[pool.submit(_download, objects, key, scratch, received)] = key
+                future = downloads.submit(_download, objects, key, scratch, received)
+                in_flight[future] = ("download", key)
+
+        def check(key: str, path: Path) -> None:
+            in_flight[checkers.submit(_adopt, store, key, path, sizes.get(key))] = ("check", key)
 
         for key in todo:
             ask(key)
@@ -313,13 +312,18 @@ def _receive_blobs(
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    key = in_flight.pop(future)
+                    step, key = in_flight.pop(future)
                     path = future.result()
+                    if step == "check":  # published: what waited for it can be checked
+                        folders.add(path)
+                        for waiter, waiter_path in waiting.pop(key, []):
+                            check(waiter, waiter_path)
+                        continue
                     ref = _refused_unless(
                         key, functools.partial(store.blobs.reference_of, key, path)
                     )
                     if ref is None or store.blobs.has(ref):
-                        publish(key, path)
+                        check(key, path)
                     else:
                         waiting.setdefault(ref, []).append((key, path))
                         ask(ref)
@@ -335,6 +339,14 @@ def _receive_blobs(
             "push it again from a store that holds it intact",
         )
     return len(asked)
+
+
+def _adopt(store: Store, key: str, path: Path, size: int | None) -> Path:
+    """Publish the downloaded blob once checked (`BlobStore.adopt`); a blob that is
+    only a reference of what was asked for has the size it decodes to."""
+    if size is None:
+        size = _refused_unless(key, lambda: _decoded_size(store, key, path))
+    return _refused_unless(key, lambda: store.blobs.adopt(key, path, size))
 
 
 def _sizes(f: FileRecord) -> list[tuple[str, int]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ import pytest
 
 from graft.registry import Store
 from graft.registry.manifest import _canonical, content_id, hash_bytes
+from graft.registry.objects import RemoteError
 from graft.registry.remotes import get_remote, open_objects
 from tests.conftest import SAMPLES, make_model
 from tests.procs import GRAFT, graft_env, sha256_files
@@ -522,3 +525,50 @@ def test_removing_a_remote_forgets_what_was_fetched_from_it(tmp_path: Path):
     assert json.loads(run(b, "ls", "--json").stdout) == []
     assert not (b / "remotes" / "nfs").exists()
     assert Store.open(b).manifest_ids() == set()
+
+
+def test_a_download_cut_mid_body_is_fetched_again(
+    s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore retries requests, not a body that breaks while it streams: the
+    download starts that object over, and the bytes counted match what is kept."""
+    from botocore.exceptions import ResponseStreamingError
+
+    from graft.registry.objects import READ_BYTES, ByteCounter, S3Objects
+
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    data = os.urandom(3 * READ_BYTES + 5)
+    s3.client().put_object(Bucket=s3.shared_bucket, Key="cut/blob", Body=data)
+    objects = S3Objects("team", s3.shared_bucket, "cut", s3.endpoint)
+    real_get = objects.client.get_object
+    calls = []
+
+    def cut_once(**kwargs):  # type: ignore[no-untyped-def]
+        response = real_get(**kwargs)
+        calls.append(kwargs["Key"])
+        if len(calls) == 1:
+            body = response["Body"]
+
+            class Cut:
+                def iter_chunks(self, size: int):  # type: ignore[no-untyped-def]
+                    yield body.read(size)
+                    raise ResponseStreamingError(error="connection reset")
+
+            response["Body"] = Cut()
+        return response
+
+    monkeypatch.setattr(objects.client, "get_object", cut_once)
+    counter = ByteCounter(len(data), None)
+    out = io.BytesIO(b"x" * 10)
+    out.seek(10)  # what was there before the download stays
+    objects.download("blob", out, counter.add)
+    assert out.getvalue() == b"x" * 10 + data
+    assert counter.done == len(data) and calls == ["cut/blob", "cut/blob"]
+
+    def always_cut(**kwargs):  # type: ignore[no-untyped-def]
+        raise ResponseStreamingError(error="connection reset")
+
+    monkeypatch.setattr(objects.client, "get_object", always_cut)
+    with pytest.raises(RemoteError, match=r"remote 'team'.*ResponseStreamingError"):
+        objects.download("blob", io.BytesIO(), counter.add)
