@@ -17,11 +17,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
+import functools
 import os
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import cache
 from pathlib import Path
@@ -212,12 +213,41 @@ class BlobStore:
         with self.open(key) as blob:
             return b"".join(blob.stream())
 
-    def copy_to(self, key: str, out: BinaryIO, on_bytes: OnBytes = _no_progress) -> None:
-        """Stream a blob's raw bytes into `out`, failing if they do not hash to `key`."""
-        with self.open(key) as blob:
-            for chunk in blob.stream():
-                out.write(chunk)
-                on_bytes(len(chunk))
+    def copy_to(self, keys: Iterable[str], out: BinaryIO, on_bytes: OnBytes = _no_progress) -> None:
+        """Stream the blobs' raw bytes into `out`, one after another, failing at the
+        end of any that does not hash to its key. Decoding runs ahead across blob
+        boundaries, as most tensors are one or two chunks: every core stays busy."""
+        ahead: deque[tuple[BlobReader, Future[bytes] | None]] = deque()  # None: its end
+        hashes: dict[BlobReader, xxhash.xxh3_128] = {}  # of the open readers
+
+        def write_ahead(keep: int) -> None:
+            while len(ahead) > keep:
+                reader, future = ahead.popleft()
+                if future is None:
+                    reader.check(hashes[reader])
+                    del hashes[reader]
+                    reader.close()
+                    continue
+                piece = future.result()
+                hashes[reader].update(piece)
+                out.write(piece)
+                on_bytes(len(piece))
+
+        try:
+            for key in keys:
+                reader = self.open(key)
+                hashes[reader] = xxhash.xxh3_128()
+                for future in reader.piece_futures():
+                    ahead.append((reader, future))
+                    write_ahead(2 * DECODE_THREADS)
+                ahead.append((reader, None))
+            write_ahead(0)
+        finally:
+            for _, pending in ahead:
+                if pending is not None:
+                    pending.cancel()
+            for reader in hashes:
+                reader.close()
 
     def adopt(self, key: str, file: Path, size: int) -> Path:
         """Publish `file` (a downloaded blob, fsynced, raw or encoded against blobs
@@ -382,6 +412,10 @@ class BlobReader:
         for piece in pieces:
             h.update(piece)
             yield piece
+        self.check(h)
+
+    def check(self, h: xxhash.xxh3_128) -> None:
+        """CorruptBlob unless `h`, fed the whole blob, gives its key."""
         if h.hexdigest() != self.key:
             raise CorruptBlob(f"{self.what} is corrupt", VERIFY_HINT)
 
@@ -403,12 +437,8 @@ class BlobReader:
             yield from self._spans(CHUNK)
             return
         ahead: deque[Future[bytes]] = deque()
-        pool = _decoders()
         try:
-            for index in range(len(self._chunks)):
-                future = pool.submit(self._decode, index)
-                self._in_flight.add(future)
-                future.add_done_callback(self._in_flight.discard)
+            for future in self.piece_futures():
                 ahead.append(future)
                 if len(ahead) > DECODE_THREADS:
                     yield ahead.popleft().result()
@@ -417,6 +447,23 @@ class BlobReader:
         finally:
             for future in ahead:
                 future.cancel()
+
+    def piece_futures(self) -> Iterator[Future[bytes]]:
+        """The blob's pieces in order (decoded chunks, or 8 MB reads of a raw blob),
+        each handed to the decoding threads when the iterator reaches it."""
+        pool = _decoders()
+        if self.footer:
+            tasks = [functools.partial(self._decode, i) for i in range(len(self._chunks))]
+        else:
+            tasks = [
+                functools.partial(self._pread, o, min(CHUNK, self.size - o))
+                for o in range(0, self.size, CHUNK)
+            ]
+        for task in tasks:
+            future = pool.submit(task)
+            self._in_flight.add(future)  # so that `close` waits for it
+            future.add_done_callback(self._in_flight.discard)
+            yield future
 
     def _decode(self, index: int) -> bytes:
         with self._lock:

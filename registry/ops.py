@@ -185,8 +185,7 @@ def export(
         for f in manifest.files:
             (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
             with open(staging / f.path, "wb") as out:
-                for key in f.blob_keys():
-                    store.blobs.copy_to(key, out, on_bytes)
+                store.blobs.copy_to(f.blob_keys(), out, on_bytes)
                 out.flush()
                 os.fsync(out.fileno())
         fsync_dir(staging)
