@@ -251,6 +251,7 @@ def span_tensor(source: ModelSource, name: str, device: torch.device) -> SpanTen
         def read_blob(offset: int, nbytes: int) -> bytearray:
             data = bytearray(nbytes)
             blob.readinto(offset, data)
+            blob.prefetch(offset + nbytes, nbytes)  # the next span decodes while this merges
             return data
 
         return SpanTensor(read_blob, shape, dtype, device)

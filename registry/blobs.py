@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
-import functools
 import os
 import tempfile
 import threading
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import xxhash
 
 from graft.registry.codecs import ITEM_SIZES, BadEncoding, Footer, read_footer
+from graft.registry.decoded import DecodedChunks
 from graft.registry.errors import CorruptBlob
 from graft.registry.fsutil import fsync_dir
 from graft.registry.workdirs import WorkDirs
@@ -43,21 +43,27 @@ SMALL_BLOB = 32 * 1024 * 1024  # a range up to this size is read once into memor
 PUBLISH_BYTES = 64 * 1024 * 1024  # pending blobs are published in batches of this size
 MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
 VERIFY_HINT = "run `graft verify` for details"
+DECODED_BYTES = 48 * 1024 * 1024  # decoded chunks kept for other readers (12 of 4 MB)
 
 OnBytes = Callable[[int], None]
 
 
 DECODE_THREADS = os.cpu_count() or 1
+DECODER_NAME = "graft-decode"
 
 
 @cache
 def _decoders() -> ThreadPoolExecutor:
     """Threads that decode the next chunks of a stream while its reader works
     (zstd and numpy release the GIL)."""
-    return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="graft-decode")
+    return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=DECODER_NAME)
 
 
 os.register_at_fork(after_in_child=_decoders.cache_clear)  # a fork has none of the threads
+
+
+def _on_decoder_thread() -> bool:
+    return threading.current_thread().name.startswith(DECODER_NAME)
 
 
 def _writeback_starter() -> Callable[[int], None]:
@@ -111,9 +117,10 @@ class BlobStore:
     def __init__(self, root: Path, work: WorkDirs) -> None:
         self.root = root
         self.work = work
-        self._buf = bytearray(SMALL_BLOB)
+        self._buf = bytearray()  # SMALL_BLOB bytes, once something is added
         self._pending: dict[str, Path] = {}  # key → complete temp file, not yet renamed
         self._pending_bytes = 0
+        self.decoded = DecodedChunks(DECODED_BYTES)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:]
@@ -130,6 +137,8 @@ class BlobStore:
         and written only when new; a larger one is written while it is hashed,
         and the copy dropped (before its writeback starts) when the blob exists.
         """
+        if not self._buf:
+            self._buf = bytearray(SMALL_BLOB)
         if length <= len(self._buf):
             view = memoryview(self._buf)[:length]
             _fill(f, offset, view)
@@ -204,9 +213,11 @@ class BlobStore:
         self._pending.clear()
         self._pending_bytes = 0
 
-    def open(self, key: str, tensor: str | None = None) -> BlobReader:
-        """Open a blob for reading; errors name `tensor` when given."""
-        return BlobReader(self, key, f"blob {key} of tensor {tensor}" if tensor else f"blob {key}")
+    def open(self, key: str, tensor: str | None = None, *, from_disk: bool = False) -> BlobReader:
+        """Open a blob for reading; errors name `tensor` when given. `from_disk`:
+        decode every chunk from the files, none from what other readers decoded."""
+        what = f"blob {key} of tensor {tensor}" if tensor else f"blob {key}"
+        return BlobReader(self, key, what, cache=DecodedChunks(2 * CHUNK) if from_disk else None)
 
     def read(self, key: str) -> bytes:
         """Read a small blob whole (headers, companion JSON), checking its hash."""
@@ -306,7 +317,13 @@ class BlobReader:
     """
 
     def __init__(
-        self, blobs: BlobStore, key: str, what: str, depth: int = 0, path: Path | None = None
+        self,
+        blobs: BlobStore,
+        key: str,
+        what: str,
+        depth: int = 0,
+        path: Path | None = None,
+        cache: DecodedChunks | None = None,
     ) -> None:
         self.key = key
         self.what = what  # how errors name it
@@ -329,9 +346,16 @@ class BlobReader:
             self._chunks = list(self.footer.chunk_starts())
             self._raw_starts = [raw for _, raw, _ in self._chunks]
         # Span reads that do not line up with chunks, and references read by
-        # several decoding threads, find their last chunks decoded.
+        # several decoding threads, find their last chunks decoded: in the
+        # store's shared cache, or in one of this reader's own (and its
+        # references') for a blob not yet published (a download being
+        # checked: nothing unchecked is shared) or a check that must read disk.
         self._lock = threading.Lock()
-        self._recent: dict[int, bytes] = {}
+        if cache is None:
+            cache = blobs.decoded if path is None else DecodedChunks(2 * CHUNK)
+        self._decoded = cache
+        cache.attach()
+        self._attached = True
         self._in_flight: set[Future[bytes]] = set()
 
     def _footer(self) -> Footer | None:
@@ -364,6 +388,9 @@ class BlobReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if getattr(self, "_attached", False):
+            self._attached = False
+            self._decoded.detach()
 
     def __del__(self) -> None:
         self.close()
@@ -379,29 +406,70 @@ class BlobReader:
 
     def read(self, offset: int, length: int) -> bytes:
         """Raw bytes [offset, offset + length) of the blob."""
+        self._check_range(offset, length)
+        if not self.footer or not length:
+            return self._pread(offset, length)
+        return b"".join(self._decoded_parts(offset, length))
+
+    def _decoded_parts(self, offset: int, length: int) -> Iterator[memoryview]:
+        """The decoded bytes of [offset, offset + length), chunk by chunk, without
+        copies; the chunks after the first decode on the pool's threads meanwhile."""
+        indices = self._chunks_of(offset, length)
+        ahead: deque[Future[bytes]] = deque()
+        on_pool = _on_decoder_thread()  # (waiting for the pool from inside it could starve it)
+        try:
+            for n, index in enumerate(indices):
+                if on_pool or n == 0:
+                    raw = self._decode(index)
+                else:
+                    while len(ahead) < 2 * DECODE_THREADS and n + len(ahead) < len(indices):
+                        ahead.append(self._submit(self._decode, indices[n + len(ahead)]))
+                    raw = ahead.popleft().result()
+                start = self._raw_starts[index]
+                yield memoryview(raw)[max(0, offset - start) : offset + length - start]
+        finally:
+            for future in ahead:
+                future.cancel()
+
+    def prefetch(self, offset: int, length: int) -> None:
+        """Start decoding the chunks of that range on the pool's threads, for a read
+        to come (a span reader asks for the next span while it works on this one);
+        what fails here is left for that read to report."""
+        if self.footer and 0 <= offset < self.size:
+            for index in self._chunks_of(offset, min(length, self.size - offset)):
+                self._submit(self._decode, index)
+
+    def _chunks_of(self, offset: int, length: int) -> list[int]:
+        first = bisect.bisect_right(self._raw_starts, offset) - 1
+        last = bisect.bisect_left(self._raw_starts, offset + length) - 1
+        return list(range(first, max(first, last) + 1))
+
+    def _submit(self, task: Callable[..., bytes], *args: int) -> Future[bytes]:
+        future = _decoders().submit(task, *args)
+        self._in_flight.add(future)  # so that `close` waits for it
+        future.add_done_callback(self._in_flight.discard)
+        return future
+
+    def readinto(self, offset: int, buf: bytearray) -> None:
+        """Fill `buf` with the raw bytes from `offset`, with no copy in between."""
+        self._check_range(offset, len(buf))
+        if not buf:
+            return
+        if not self.footer:
+            if os.preadv(self._fd, [buf], offset) != len(buf):
+                raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
+            return
+        pos = 0
+        for part in self._decoded_parts(offset, len(buf)):
+            buf[pos : pos + len(part)] = part
+            pos += len(part)
+
+    def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise CorruptBlob(
                 f"{self.what} holds {self.size} bytes, not the {offset + length} asked for",
                 VERIFY_HINT,
             )
-        if not self.footer or not length:
-            return self._pread(offset, length)
-        parts = []
-        first = bisect.bisect_right(self._raw_starts, offset) - 1
-        for index in range(first, len(self._chunks)):
-            start = self._raw_starts[index]
-            if start >= offset + length:
-                break
-            raw = self._decode(index)
-            parts.append(raw[max(0, offset - start) : offset + length - start])
-        return b"".join(parts)
-
-    def readinto(self, offset: int, buf: bytearray) -> None:
-        """Fill `buf` with the raw bytes from `offset` (raw blobs: no copy in between)."""
-        if self.footer or offset + len(buf) > self.size:
-            buf[:] = self.read(offset, len(buf))
-        elif buf and os.preadv(self._fd, [buf], offset) != len(buf):
-            raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
 
     def stream(self, span: int | None = None) -> Iterator[bytes]:
         """The whole blob in order, failing at the end if it does not hash to its key:
@@ -451,30 +519,18 @@ class BlobReader:
     def piece_futures(self) -> Iterator[Future[bytes]]:
         """The blob's pieces in order (decoded chunks, or 8 MB reads of a raw blob),
         each handed to the decoding threads when the iterator reaches it."""
-        pool = _decoders()
         if self.footer:
-            tasks = [functools.partial(self._decode, i) for i in range(len(self._chunks))]
+            for index in range(len(self._chunks)):
+                yield self._submit(self._decode, index)
         else:
-            tasks = [
-                functools.partial(self._pread, o, min(CHUNK, self.size - o))
-                for o in range(0, self.size, CHUNK)
-            ]
-        for task in tasks:
-            future = pool.submit(task)
-            self._in_flight.add(future)  # so that `close` waits for it
-            future.add_done_callback(self._in_flight.discard)
-            yield future
+            for offset in range(0, self.size, CHUNK):
+                yield self._submit(self._pread, offset, min(CHUNK, self.size - offset))
 
     def _decode(self, index: int) -> bytes:
-        with self._lock:
-            raw = self._recent.get(index)
-        if raw is None:
-            raw = self._decode_chunk(index)
-            with self._lock:
-                self._recent[index] = raw
-                while len(self._recent) > 2:
-                    del self._recent[next(iter(self._recent))]
-        return raw
+        chunk, raw_start, _ = self._chunks[index]
+        return self._decoded.get(
+            (self.key, raw_start, chunk.raw_length), lambda: self._decode_chunk(index)
+        )
 
     def _decode_chunk(self, index: int) -> bytes:
         from graft.registry.transforms import decode_chunk  # numpy: only for encoded blobs
@@ -502,7 +558,11 @@ class BlobReader:
                     )
                 try:
                     self._ref = BlobReader(
-                        self._blobs, footer.ref, f"blob {footer.ref}", self._depth + 1
+                        self._blobs,
+                        footer.ref,
+                        f"blob {footer.ref}",
+                        self._depth + 1,
+                        cache=self._decoded,
                     )
                 except CorruptBlob as e:
                     raise MissingReference(f"{self.what}: its reference {e.message}", e.hint) from e

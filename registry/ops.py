@@ -271,7 +271,7 @@ def _check_blob(store: Store, key: str, size: int) -> BlobProblem | None:
     if not store.blobs.path(key).is_file():
         return "missing"
     try:
-        with store.blobs.open(key) as blob:
+        with store.blobs.open(key, from_disk=True) as blob:
             if blob.size != size:
                 return "wrong size"
             for _ in blob.stream():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xxhash
 
 from graft import registry
 from graft.lineage.tensors import load_tensor
@@ -265,6 +266,59 @@ def test_damaged_encoded_blobs_are_named_and_never_read(run, store_dir, tmp_path
     assert not (tmp_path / "out").exists()
     with pytest.raises(registry.CorruptBlob, match=f"of tensor {MLP}"):
         load_tensor(store, mine)
+
+
+def test_a_blob_that_refers_to_itself_is_refused_not_a_hang(run, store_dir, tmp_path):
+    """Its chunks would wait for themselves: each reader decodes on its own then,
+    until the chain is too deep, and says so."""
+    import dataclasses
+
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    mine = _tensor(store, "checkpoint-20", MLP)
+    path = store.blobs.path(mine.blob)
+    footer = _footer(store, mine.blob)
+    assert footer is not None and footer.ref is not None
+    stored = path.read_bytes()
+    body = stored[: len(codecs.MAGIC) + sum(sum(c.planes) for c in footer.chunks)]
+    looped = dataclasses.replace(footer, ref=mine.blob, ref_dtype=footer.dtype).to_json()
+    os.chmod(path, 0o644)
+    path.write_bytes(body + looped + codecs.TAIL.pack(len(looped), codecs.MAGIC))
+    env = {**os.environ, "GRAFT_STORE": str(store_dir)}
+    for args, code in ((["verify"], 3), (["export", "checkpoint-20", tmp_path / "out"], 1)):
+        done = subprocess.run(
+            [GRAFT, *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert "over 16 deep" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_two_readers_of_one_base_decode_its_chunks_once(run, store_dir, monkeypatch):
+    """Fine-tunes read side by side (a merge) share the base's decoded chunks."""
+    store = Store.open(store_dir)
+    _register_run(store, run)
+    repack(store)
+    first, second = _tensor(store, "checkpoint-10", MLP), _tensor(store, "other", MLP)
+    base = _tensor(store, "base", MLP).blob
+    assert _footer(store, first.blob).ref == _footer(store, second.blob).ref == base
+    decoded: list[str] = []
+    real = registry.blobs.BlobReader._decode_chunk
+
+    def counted(self, index):  # type: ignore[no-untyped-def]
+        decoded.append(self.key)
+        return real(self, index)
+
+    monkeypatch.setattr(registry.blobs.BlobReader, "_decode_chunk", counted)
+    with store.blobs.open(first.blob) as a, store.blobs.open(second.blob) as b:
+        assert xxhash.xxh3_128_hexdigest(a.read(0, a.size)) == first.blob
+        assert xxhash.xxh3_128_hexdigest(b.read(0, b.size)) == second.blob
+    chunks = len(_footer(store, base).chunks)
+    assert decoded.count(base) == chunks  # once each, not once per fine-tune
+    decoded.clear()
+    with store.blobs.open(first.blob) as a:  # every reader closed since: from disk again
+        a.read(0, a.size)
+    assert decoded.count(base) == chunks
 
 
 def test_gc_and_rm_keep_the_blobs_deltas_refer_to(run, store_dir, tmp_path):
