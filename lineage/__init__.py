@@ -16,7 +16,8 @@ from graft.lineage.infer import ParentGuesser, Suggestion, guess_parent
 from graft.lineage.log import LogEntry, base_parents, log
 from graft.lineage.names import AdapterKey, Place, adapter_key, place_of
 from graft.lineage.record import ensure_deltas, recompute
-from graft.lineage.register import register
+from graft.lineage.register import register, register_run
+from graft.lineage.runs import checkpoints_in
 from graft.lineage.share import push
 from graft.lineage.sql import QueryResult, SqlError, export_catalog, run_sql
 from graft.lineage.touched import (
@@ -45,6 +46,7 @@ __all__ = [
     "TouchCell",
     "adapter_key",
     "base_parents",
+    "checkpoints_in",
     "diff",
     "ensure_deltas",
     "export_catalog",
@@ -55,6 +57,7 @@ __all__ = [
     "push",
     "recompute",
     "register",
+    "register_run",
     "run_of",
     "run_sql",
     "series",

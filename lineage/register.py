@@ -9,6 +9,7 @@ from graft.lineage.declared import base_candidates, declared_lineage
 from graft.lineage.hub import is_hub_ref, resolve_hub
 from graft.lineage.infer import ParentGuesser
 from graft.lineage.record import ensure_deltas
+from graft.lineage.runs import checkpoint_name, checkpoints_in, has_weights, previous_checkpoint
 from graft.lineage.share import push
 from graft.registry import AddResult, ArtifactNotFound, Store, add
 from graft.registry.repack import after_add, repack_mode
@@ -52,6 +53,9 @@ def register(
     path = Path(path)
     declared = declared_lineage(path)
     meta = {**declared.meta, **(meta or {})}
+    checkpoint = checkpoint_name(path, name)
+    if parent is None and checkpoint:  # a run's checkpoint follows the one saved before it
+        parent = previous_checkpoint(store, checkpoint)
     if parent is None or method is None:
         method = method or declared.method
         if parent is None and declared.base:
@@ -71,6 +75,37 @@ def register(
     if push_to is not None:
         push(store, [result.manifest.id], push_to)
     return result
+
+
+def register_run(
+    folder: str | Path,
+    *,
+    parent: str | None = None,
+    name: str | None = None,
+    store: Store | str | Path | None = None,
+    **options: Any,
+) -> list[AddResult]:
+    """Register a trainer's output folder: each checkpoint-N inside, in step order,
+    as RUN/checkpoint-N (RUN: `name`, else the folder's name) linked to the one
+    before it — the first to `parent`, else to the run's latest registered
+    checkpoint or the base its files declare — then the final model saved at the
+    folder's root, if any, as RUN after the last checkpoint. Checkpoints already
+    registered are found unchanged (cheaply, by the stat cache) and kept.
+    Options are those of `register`."""
+    store = store if isinstance(store, Store) else Store.open(Path(store) if store else None)
+    folder = Path(folder)
+    run = name or folder.resolve().name
+    results: list[AddResult] = []
+    previous = parent
+    for checkpoint in checkpoints_in(folder):
+        result = register(
+            checkpoint, parent=previous, name=f"{run}/{checkpoint.name}", store=store, **options
+        )
+        results.append(result)
+        previous = result.manifest.id
+    if has_weights(folder):
+        results.append(register(folder, parent=previous, name=run, store=store, **options))
+    return results
 
 
 def _registered(store: Store, names: list[str], as_path: Path) -> str | None:

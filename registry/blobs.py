@@ -336,7 +336,10 @@ class BlobReader:
         except FileNotFoundError as e:
             raise CorruptBlob(f"{what} is missing", VERIFY_HINT) from e
         try:
-            self.stored_size = os.fstat(self._fd).st_size
+            stat = os.fstat(self._fd)
+            self.stored_size = stat.st_size
+            self._file = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            self._identity: tuple[object, ...] | None = None
             self.footer: Footer | None = self._footer()
         except BaseException:
             self.close()
@@ -354,8 +357,6 @@ class BlobReader:
         if cache is None:
             cache = blobs.decoded if path is None else DecodedChunks(2 * CHUNK)
         self._decoded = cache
-        cache.attach()
-        self._attached = True
         self._in_flight: set[Future[bytes]] = set()
 
     def _footer(self) -> Footer | None:
@@ -388,9 +389,6 @@ class BlobReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if getattr(self, "_attached", False):
-            self._attached = False
-            self._decoded.detach()
 
     def __del__(self) -> None:
         self.close()
@@ -529,7 +527,7 @@ class BlobReader:
     def _decode(self, index: int) -> bytes:
         chunk, raw_start, _ = self._chunks[index]
         return self._decoded.get(
-            (self.key, raw_start, chunk.raw_length), lambda: self._decode_chunk(index)
+            (self.identity(), raw_start, chunk.raw_length), lambda: self._decode_chunk(index)
         )
 
     def _decode_chunk(self, index: int) -> bytes:
@@ -548,7 +546,21 @@ class BlobReader:
         from graft.registry.transforms import convert_reference
 
         footer = self.footer
-        assert footer is not None and footer.ref and footer.ref_dtype
+        assert footer is not None and footer.ref_dtype
+        mine = footer.item_size
+        theirs = ITEM_SIZES[footer.ref_dtype]
+        try:
+            data = self._ref_reader().read(raw_start // mine * theirs, raw_length // mine * theirs)
+        except MissingReference:
+            raise
+        except CorruptBlob as e:
+            raise CorruptBlob(f"{self.what}: its reference {e.message}", e.hint) from e
+        return convert_reference(data, footer.ref_dtype, footer.dtype)
+
+    def _ref_reader(self) -> BlobReader:
+        """The reader of the blob this one is a delta against, opened once."""
+        footer = self.footer
+        assert footer is not None and footer.ref
         with self._lock:
             if self._ref is None:
                 if self._depth >= MAX_READ_DEPTH:
@@ -566,10 +578,13 @@ class BlobReader:
                     )
                 except CorruptBlob as e:
                     raise MissingReference(f"{self.what}: its reference {e.message}", e.hint) from e
-        mine = footer.item_size
-        theirs = ITEM_SIZES[footer.ref_dtype]
-        try:
-            data = self._ref.read(raw_start // mine * theirs, raw_length // mine * theirs)
-        except CorruptBlob as e:
-            raise CorruptBlob(f"{self.what}: its reference {e.message}", e.hint) from e
-        return convert_reference(data, footer.ref_dtype, footer.dtype)
+            return self._ref
+
+    def identity(self) -> tuple[object, ...]:
+        """What the decoded bytes come from: this blob's file as opened (a blob
+        rewritten or damaged since is another file) and its reference's, so that
+        decoded chunks are shared only while nothing under them changed."""
+        if self._identity is None:
+            ref = self._ref_reader().identity() if self.footer and self.footer.ref else ()
+            self._identity = (self.key, *self._file, *ref)
+        return self._identity

@@ -3,14 +3,12 @@
 Reading fine-tunes of one base side by side (a merge, the deltas of a child
 against its parent) decodes the same base chunks once per reader: each delta
 chunk needs its reference's chunk, and the base is often read as an input too.
-One small cache, shared, keyed by what the bytes are (blob key and raw range,
-not how the blob happens to be encoded), lets them decode each chunk once: a
+One small cache, shared, keyed by where the bytes come from (`BlobReader.identity`:
+the blob files as opened, down its chain of references) and their raw range,
+lets them decode each chunk once: a
 chunk asked for while another thread decodes it (a read-ahead, say) waits for
 that decode — unless that thread waits, in turn, for this one (only a damaged
 blob that refers to itself leads there), which then decodes it on its own.
-
-What is kept lives as long as some reader is open: once the last closes, the
-next read decodes from disk again (and sees any damage done since).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-ChunkId = tuple[str, int, int]  # (blob key, raw start, raw length)
+ChunkId = tuple[tuple[object, ...], int, int]  # (where from, raw start, raw length)
 
 
 class DecodedChunks:
@@ -33,20 +31,6 @@ class DecodedChunks:
         self._bytes = 0
         self._running: dict[ChunkId, tuple[Future[bytes], int]] = {}  # → (result, thread)
         self._waits_for: dict[int, int] = {}  # thread → the thread whose decode it awaits
-        self._readers = 0
-
-    def attach(self) -> None:
-        """A reader opened: keep what is decoded while it is."""
-        with self._lock:
-            self._readers += 1
-
-    def detach(self) -> None:
-        """A reader closed; when none is left, forget every chunk."""
-        with self._lock:
-            self._readers -= 1
-            if self._readers == 0:
-                self._done.clear()
-                self._bytes = 0
 
     def get(self, chunk: ChunkId, decode: Callable[[], bytes]) -> bytes:
         """The chunk's bytes: kept, being decoded by another thread, or `decode()`d here."""

@@ -299,6 +299,7 @@ def test_two_readers_of_one_base_decode_its_chunks_once(run, store_dir, monkeypa
     store = Store.open(store_dir)
     _register_run(store, run)
     repack(store)
+    store = Store.open(store_dir)  # nothing decoded yet
     first, second = _tensor(store, "checkpoint-10", MLP), _tensor(store, "other", MLP)
     base = _tensor(store, "base", MLP).blob
     assert _footer(store, first.blob).ref == _footer(store, second.blob).ref == base
@@ -316,7 +317,16 @@ def test_two_readers_of_one_base_decode_its_chunks_once(run, store_dir, monkeypa
     chunks = len(_footer(store, base).chunks)
     assert decoded.count(base) == chunks  # once each, not once per fine-tune
     decoded.clear()
-    with store.blobs.open(first.blob) as a:  # every reader closed since: from disk again
+    with store.blobs.open(first.blob) as a:  # kept for the next reader
+        a.read(0, a.size)
+    assert decoded == []
+    stat = store.blobs.path(base).stat()  # the base's file changed: nothing kept applies
+    os.utime(store.blobs.path(base), ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with store.blobs.open(first.blob) as a:
+        a.read(0, a.size)
+    assert decoded.count(base) == chunks
+    decoded.clear()
+    with store.blobs.open(first.blob, from_disk=True) as a:  # as `verify` reads
         a.read(0, a.size)
     assert decoded.count(base) == chunks
 

@@ -12,6 +12,7 @@ import click
 
 import graft
 from graft import lineage, registry
+from graft.lineage.hub import is_hub_ref
 from graft.registry import ExitCode, GraftError, Store
 from graft.tui import lineage_views, pictures, render
 from graft.tui.cli_options import json_option, plot_option, with_store
@@ -61,7 +62,7 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--name", help="Artifact name [default: the folder or file name].")
 @click.option("--parent", metavar="REF", help="The artifact this one was trained from.")
 @click.option("--method", help="How it was made: sft, dpo, lora, ... (free text).")
@@ -91,7 +92,7 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
 @with_store
 def add(
     store: Store,
-    path: Path,
+    paths: tuple[Path, ...],
     name: str | None,
     parent: str | None,
     method: str | None,
@@ -103,29 +104,70 @@ def add(
     no_compress: bool,
     as_json: bool,
 ) -> None:
-    """Register a safetensors file, model, adapter or checkpoint folder, or hf:ORG/NAME.
+    """Register safetensors files, model, adapter or checkpoint folders, or hf:ORG/NAME.
 
-    It returns once the artifact is durably stored. Then a background job records
-    which tensors changed against the parent (`graft touched`) and repacks, to
-    store what changed compactly.
+    A trainer's output folder (holding checkpoint-N/ folders) registers each
+    checkpoint in step order as RUN/checkpoint-N, each the parent of the next
+    (the first under --parent), then the final model at its root as RUN.
+    Checkpoints already registered are kept, so it can run after every save.
+
+    It returns once the artifacts are durably stored. Then a background job
+    records which tensors changed against the parent (`graft touched`) and
+    repacks, to store what changed compactly.
     """
+    if name and len(paths) > 1:
+        raise click.UsageError("--name names one artifact: give one PATH with it")
+    for path in paths:  # all there before any is added
+        if not path.exists() and not is_hub_ref(str(path)):
+            raise registry.InvalidArtifact(f"{path}: no such file or folder", "check the path")
     pairs = dict(_key_value(m) for m in meta)
-    guesser = lineage.ParentGuesser(store) if infer_parent else None
-    with render.progress(f"adding {path.name}") as on_progress:
-        result = lineage.register(
-            path,
-            store=store,
-            name=name,
-            parent=parent,
-            method=method,
-            meta=pairs,
-            kind=kind,
-            choose_parent=guesser,
-            allow_pickle=allow_pickle,
-            on_progress=on_progress,
-            repack=not no_repack,
-            compress=not no_compress,
-        )
+    options = {
+        "method": method,
+        "meta": pairs,
+        "kind": kind,
+        "allow_pickle": allow_pickle,
+        "repack": not no_repack,
+        "compress": not no_compress,
+    }
+    docs = []
+    for path in paths:
+        run = lineage.checkpoints_in(path) if path.is_dir() else []
+        with render.progress(f"adding {path.name}") as on_progress:
+            if run:
+                results = lineage.register_run(
+                    path, store=store, parent=parent, name=name, on_progress=on_progress, **options
+                )
+                docs += [_added(store, r, None, parent, None, as_json) for r in results]
+                continue
+            guesser = lineage.ParentGuesser(store) if infer_parent else None
+            result = lineage.register(
+                path,
+                store=store,
+                name=name,
+                parent=parent,
+                choose_parent=guesser,
+                on_progress=on_progress,
+                **options,
+            )
+        given = bool(name or parent or method or pairs)
+        docs.append(_added(store, result, guesser, parent, given, as_json))
+    if as_json:
+        single = len(paths) == 1 and len(docs) == 1 and not lineage.checkpoints_in(paths[0])
+        render.print_json(docs[0] if single else docs)
+
+
+def _added(
+    store: Store,
+    result: registry.AddResult,
+    guesser: lineage.ParentGuesser | None,
+    parent: str | None,
+    given: bool | None,
+    as_json: bool,
+) -> dict[str, Any]:
+    """Say what `graft add` did with one artifact (notes on stderr, a line on
+    stdout unless `as_json`); its JSON document. `given`: whether options were
+    given that identical content already registered would not take (None: in a
+    run, where checkpoints already registered are expected)."""
     m = result.manifest
     suggestion = None
     if guesser and guesser.asked:  # no declared base: the guess decided
@@ -135,42 +177,40 @@ def add(
         suggestion = lineage.guess_parent(store, m.files, exclude=m.id)
         render.err.print(_suggestion_note(suggestion, recorded=False), markup=False)
     for note in result.skipped:
-        render.err.print(f"graft: skipped {note}", markup=False)
+        if not note.endswith("(sub-folder)") or given is not None:
+            render.err.print(f"graft: skipped {note}", markup=False)
     if parent is None and m.parents and not result.existed and not (guesser and guesser.asked):
-        render.err.print(
-            f"graft: parent {_ref_of(store, m.parents[0].id)} (the base its files declare)",
-            markup=False,
-        )
-    if result.existed and (name or parent or method or pairs):
+        ref = _ref_of(store, m.parents[0].id)
+        same_run = ref.rsplit("/", 1)[0] == m.name.rsplit("/", 1)[0] and "/checkpoint-" in ref
+        origin = "the run's checkpoint before it" if same_run else "the base its files declare"
+        render.err.print(f"graft: parent {ref} ({origin})", markup=False)
+    if result.existed and given:
         render.err.print(
             f"graft: identical content is already registered as {m.ref}; "
             "--name, --parent, --method and --meta were not applied",
             markup=False,
         )
-    if as_json:
-        render.print_json(
-            {
-                "id": m.id,
-                "name": m.name,
-                "version": m.version,
-                "kind": m.kind,
-                "tensors": len(m.tensors),
-                "files": len(m.files),
-                "bytes": m.size,
-                "bytes_new": result.bytes_new,
-                "existed": result.existed,
-                "skipped": list(result.skipped),
-                "parents": [p.id for p in m.parents],
-                "suggested_parent": render.to_plain(suggestion),
-            }
+    if not as_json:
+        verb = "already registered as" if result.existed else "added"
+        render.out.print(
+            f"{verb} {m.ref} ({m.id[:12]}): {m.kind}, {len(m.tensors)} tensors, "
+            f"{render.human_size(m.size)}, {render.human_size(result.bytes_new)} new",
+            markup=False,
         )
-        return
-    verb = "already registered as" if result.existed else "added"
-    render.out.print(
-        f"{verb} {m.ref} ({m.id[:12]}): {m.kind}, {len(m.tensors)} tensors, "
-        f"{render.human_size(m.size)}, {render.human_size(result.bytes_new)} new",
-        markup=False,
-    )
+    return {
+        "id": m.id,
+        "name": m.name,
+        "version": m.version,
+        "kind": m.kind,
+        "tensors": len(m.tensors),
+        "files": len(m.files),
+        "bytes": m.size,
+        "bytes_new": result.bytes_new,
+        "existed": result.existed,
+        "skipped": list(result.skipped),
+        "parents": [p.id for p in m.parents],
+        "suggested_parent": render.to_plain(suggestion),
+    }
 
 
 def _suggestion_note(s: lineage.Suggestion | None, *, recorded: bool) -> str:
