@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
-from textual.widgets import TabbedContent
 
 from graft.tui.app import GraftApp
 from graft.tui.cli import cli
-from graft.tui.widgets import ArtifactTree, SeriesView
+from graft.tui.widgets import SeriesView
 from tests.conftest import make_model
 from tests.test_diff import _checkpoint
+from tests.test_tui_snapshots import _on
 
 SIZE = (100, 30)
 pytestmark = pytest.mark.anyio
@@ -41,28 +41,17 @@ def make_run_store(tmp_path: Path) -> None:
         parent = f"run/checkpoint-{step}"
 
 
-async def _open(app: GraftApp, pilot, ref: str, tab: str) -> None:  # type: ignore[no-untyped-def]
-    await app.workers.wait_for_complete()
-    await pilot.pause()
-    assert app.query_one(ArtifactTree).select_ref(ref)
-    await pilot.pause()
-    await app.workers.wait_for_complete()
-    await pilot.pause()
-    app.query_one(TabbedContent).active = tab
-    await pilot.pause()
-
-
 async def test_series_tab_shows_the_run_of_the_checkpoint(store_dir, tmp_path):
     make_run_store(tmp_path)
     app = GraftApp(store_dir, poll=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _open(app, pilot, "run/checkpoint-200@1", "series-tab")
+        await _on("run/checkpoint-200@1", "series-tab")(pilot)
         view = app.query_one(SeriesView)
         assert view.series is not None
         assert view.series.checkpoints == [f"run/checkpoint-{s}@1" for s in (100, 200, 300)]
         assert [g.layer for g in view.series.layers] == [0, 1]
         assert view.series.losses == [2.5, 2.0, 1.5]
-        await _open(app, pilot, "base@1", "series-tab")
+        await _on("base@1", "series-tab")(pilot)
         assert view.series is None  # not a checkpoint: the hint instead
 
 
@@ -73,13 +62,13 @@ async def test_p_draws_the_open_tab_as_the_cli_does(store_dir, tmp_path, monkeyp
     monkeypatch.chdir(pictures)
     app = GraftApp(store_dir, poll=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _open(app, pilot, "run/checkpoint-300@1", "series-tab")
+        await _on("run/checkpoint-300@1", "series-tab")(pilot)
         await pilot.press("p")
         await app.workers.wait_for_complete()
-        await _open(app, pilot, "run/checkpoint-300@1", "layers-tab")
+        await _on("run/checkpoint-300@1", "layers-tab")(pilot)
         await pilot.press("p")
         await app.workers.wait_for_complete()
-        await _open(app, pilot, "base@1", "series-tab")
+        await _on("base@1", "series-tab")(pilot)
         await pilot.press("p")  # no run: a notice, no file
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -62,7 +62,9 @@ def cli(ctx: click.Context, store: Path | None, debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(path_type=Path)
+)
 @click.option("--name", help="Artifact name [default: the folder or file name].")
 @click.option("--parent", metavar="REF", help="The artifact this one was trained from.")
 @click.option("--method", help="How it was made: sft, dpo, lora, ... (free text).")
