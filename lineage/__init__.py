@@ -9,7 +9,6 @@ from graft.lineage.diff import (
     NothingInCommon,
     Series,
     diff,
-    run_of,
     series,
 )
 from graft.lineage.infer import ParentGuesser, Suggestion, guess_parent
@@ -17,7 +16,7 @@ from graft.lineage.log import LogEntry, base_parents, log
 from graft.lineage.names import AdapterKey, Place, adapter_key, place_of
 from graft.lineage.record import ensure_deltas, recompute
 from graft.lineage.register import register, register_run
-from graft.lineage.runs import checkpoints_in
+from graft.lineage.runs import checkpoints_in, run_of
 from graft.lineage.share import push
 from graft.lineage.sql import QueryResult, SqlError, export_catalog, run_sql
 from graft.lineage.touched import (

@@ -80,12 +80,6 @@ class Series:
     losses: list[float | None]  # each checkpoint's last logged loss (trainer_state.json)
 
 
-def run_of(name: str) -> str | None:
-    """RUN, for an artifact named RUN/checkpoint-N (a checkpoint of a run)."""
-    found = re.fullmatch(r"(.+)/checkpoint-\d+", name)
-    return found.group(1) if found else None
-
-
 def series(store: Store, run: str) -> Series:
     """How the change against the run's base grew, checkpoint by checkpoint.
 

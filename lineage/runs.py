@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from graft.registry import Store
+from graft.registry.sources import CHECKPOINT_DIR
 
 CHECKPOINT_NAME = re.compile(r"(?P<run>.+)/checkpoint-(?P<step>\d+)")
 
@@ -18,7 +19,7 @@ def checkpoints_in(folder: Path) -> list[Path]:
     steps = [
         (int(p.name.removeprefix("checkpoint-")), p)
         for p in folder.iterdir()
-        if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+        if p.is_dir() and CHECKPOINT_DIR.match(p.name)
     ]
     return [p for _, p in sorted(steps)]
 
@@ -26,6 +27,12 @@ def checkpoints_in(folder: Path) -> list[Path]:
 def has_weights(folder: Path) -> bool:
     """Whether `folder` holds weights of its own (a final model saved at the root)."""
     return any(p.is_file() and p.suffix == ".safetensors" for p in folder.iterdir())
+
+
+def run_of(name: str) -> str | None:
+    """RUN, for an artifact named RUN/checkpoint-N (a checkpoint of a run)."""
+    found = CHECKPOINT_NAME.fullmatch(name)
+    return found["run"] if found else None
 
 
 def checkpoint_name(path: Path, name: str | None) -> str | None:

@@ -132,10 +132,10 @@ def add(
         "compress": not no_compress,
     }
     docs = []
+    runs = [path for path in paths if lineage.checkpoints_in(path)]
     for path in paths:
-        run = lineage.checkpoints_in(path) if path.is_dir() else []
         with render.progress(f"adding {path.name}") as on_progress:
-            if run:
+            if path in runs:
                 results = lineage.register_run(
                     path, store=store, parent=parent, name=name, on_progress=on_progress, **options
                 )
@@ -154,8 +154,7 @@ def add(
         given = bool(name or parent or method or pairs)
         docs.append(_added(store, result, guesser, parent, given, as_json))
     if as_json:
-        single = len(paths) == 1 and len(docs) == 1 and not lineage.checkpoints_in(paths[0])
-        render.print_json(docs[0] if single else docs)
+        render.print_json(docs[0] if len(paths) == 1 and not runs else docs)
 
 
 def _added(
@@ -182,10 +181,11 @@ def _added(
         if not note.endswith("(sub-folder)") or given is not None:
             render.err.print(f"graft: skipped {note}", markup=False)
     if parent is None and m.parents and not result.existed and not (guesser and guesser.asked):
-        ref = _ref_of(store, m.parents[0].id)
-        same_run = ref.rsplit("/", 1)[0] == m.name.rsplit("/", 1)[0] and "/checkpoint-" in ref
+        first = store.load_manifest(m.parents[0].id)
+        run = lineage.run_of(first.name)
+        same_run = run is not None and run in (m.name, lineage.run_of(m.name))
         origin = "the run's checkpoint before it" if same_run else "the base its files declare"
-        render.err.print(f"graft: parent {ref} ({origin})", markup=False)
+        render.err.print(f"graft: parent {first.ref} ({origin})", markup=False)
     if result.existed and given:
         render.err.print(
             f"graft: identical content is already registered as {m.ref}; "
@@ -222,10 +222,6 @@ def _suggestion_note(s: lineage.Suggestion | None, *, recorded: bool) -> str:
     if recorded:
         return f"graft: parent {s.parent} (inferred, {how})"
     return f"graft: likely parent {s.parent} ({how}); record it with --infer-parent"
-
-
-def _ref_of(store: Store, artifact_id: str) -> str:
-    return store.load_manifest(artifact_id).ref
 
 
 def _key_value(text: str) -> tuple[str, str]:
