@@ -1,22 +1,48 @@
 """Lineage that an artifact's own files declare.
 
 PEFT writes `base_model_name_or_path` and `peft_type` into adapter_config.json;
-training tools write a model card whose YAML front matter names `base_model`,
-`base_model_relation` and tags such as `trl`, `dpo` or `sft`. A base named
-there is linked when it matches a registered artifact (by name, or by the last
-part of a Hub id or path).
+training tools write a model card (README.md) whose YAML front matter names
+`base_model`, `base_model_relation` and tags. A base named there is linked
+when it matches a registered artifact (by name, or by the last part of a Hub
+id or path).
+
+The method recorded is how the weights were trained, first found of:
+
+1. Axolotl's config, which its cards quote in a "See axolotl config" block:
+   its `rl` (dpo, ipo, kto, orpo, simpo, grpo), else sft.
+2. A trainer's tag: TRL's trainers tag their cards with their name (sft, dpo,
+   orpo, kto, grpo, ...; Unsloth trains with TRL and keeps the tag);
+   `abliterated` and `merge` too.
+3. `base_model_relation: merge` or `quantized`.
+4. An adapter's PEFT type (lora, ia3, ...), when nothing says how it was trained.
+5. `finetune`, when a trainer wrote the card (`generated_from_trainer`, `trl`,
+   `unsloth`, `axolotl`) without naming the method.
+
+The adapter type (PEFT type, DoRA, rsLoRA) is a fact of adapter_config.json,
+kept apart by the catalog (`artifacts.adapter_type`), so a TRL SFT LoRA has
+method sft and adapter type lora.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-# Card tags that say how a model was trained, most specific first.
-METHOD_TAGS = ("dpo", "orpo", "kto", "grpo", "ppo", "reward-model", "sft", "abliterated", "merge")
+# Card tags that name the training method, most specific first; a few are
+# spelled differently from the method they record.
+METHOD_TAGS = (
+    "online-dpo", "dpo", "ipo", "orpo", "simpo", "kto", "cpo", "bco", "async-grpo", "grpo",
+    "gmpo", "rloo", "ppo", "xpo", "nash-md", "reward-trainer", "reward-model", "prm", "gkd",
+    "distillation", "sdft", "sft", "abliterated", "merge",
+)  # fmt: skip
+TAG_METHOD = {"async-grpo": "grpo", "reward-trainer": "reward-model"}
+TRAINER_TAGS = ("generated_from_trainer", "trl", "unsloth", "axolotl")
+AXOLOTL_CONFIG = re.compile(r"See axolotl config</summary>.*?```yaml\n(.*?)\n```", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -28,19 +54,36 @@ class Declared:
 
 
 def declared_lineage(path: Path) -> Declared:
-    """Read adapter_config.json and the README front matter; never raises."""
+    """Read adapter_config.json and the model card; never raises."""
     folder = path if path.is_dir() else path.parent
     adapter = _json(folder / "adapter_config.json")
-    card = _front_matter(folder / "README.md")
+    card_text = _text(folder / "README.md")
+    card = _front_matter(card_text)
+    axolotl = _axolotl_config(card_text)
     base = adapter.get("base_model_name_or_path") or card.get("base_model")
+    base = base or axolotl.get("base_model")
     if isinstance(base, list):
         base = base[0] if base else None
     tags = card.get("tags") or []
     tags = tuple(str(t).lower() for t in tags) if isinstance(tags, list) else ()
-    method = next((t for t in METHOD_TAGS if t in tags), None)
-    if adapter.get("peft_type"):
-        method = str(adapter["peft_type"]).lower()
+    method = _method(tags, card.get("base_model_relation"), adapter, axolotl)
     return Declared(str(base) if base else None, method, tags, _training(folder))
+
+
+def _method(tags: tuple[str, ...], relation: Any, adapter: dict, axolotl: dict) -> str | None:
+    if axolotl:
+        rl = axolotl.get("rl")
+        return str(rl).lower() if isinstance(rl, str) and rl else "sft"
+    tag = next((t for t in METHOD_TAGS if t in tags), None)
+    if tag:
+        return TAG_METHOD.get(tag, tag)
+    if relation in ("merge", "quantized"):
+        return str(relation)
+    if adapter.get("peft_type"):
+        return str(adapter["peft_type"]).lower()
+    if any(t in tags for t in TRAINER_TAGS):
+        return "finetune"
+    return None
 
 
 def _training(folder: Path) -> dict[str, str]:
@@ -74,16 +117,29 @@ def _json(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def _front_matter(path: Path) -> dict:
+def _text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, ValueError):
-        return {}
+        return ""
+
+
+def _front_matter(text: str) -> dict:
     if not text.startswith("---"):
         return {}
     end = text.find("\n---", 3)
     try:
         doc = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _axolotl_config(card: str) -> dict:
+    """The training config an Axolotl card quotes, or {}."""
+    found = AXOLOTL_CONFIG.search(card)
+    try:
+        doc = yaml.safe_load(found.group(1)) if found else None
     except yaml.YAMLError:
         return {}
     return doc if isinstance(doc, dict) else {}

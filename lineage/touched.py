@@ -66,10 +66,13 @@ class MethodTouches:
 
 
 def touched_by_method(store: Store, method: str) -> MethodTouches:
-    """Aggregate `touched` over every artifact whose method is `method`."""
+    """Aggregate `touched` over every artifact made by `method`: trained by it
+    (sft, dpo, ...), or an adapter of that type (lora: every LoRA, DoRA too)."""
     with store.catalog.reading() as con:
         found = con.execute(
-            "SELECT id, name || '@' || version FROM artifacts WHERE lower(method) = lower(?) "
+            "SELECT id, name || '@' || version FROM artifacts "
+            "WHERE lower(method) = lower($1) "
+            "OR list_contains(string_split(adapter_type, '+'), lower($1)) "
             "ORDER BY created_at",
             [method],
         ).fetchall()
@@ -77,7 +80,9 @@ def touched_by_method(store: Store, method: str) -> MethodTouches:
             methods = [
                 m
                 for (m,) in con.execute(
-                    "SELECT DISTINCT method FROM artifacts WHERE method IS NOT NULL ORDER BY 1"
+                    "SELECT DISTINCT m FROM (SELECT method AS m FROM artifacts UNION ALL "
+                    "SELECT unnest(string_split(adapter_type, '+')) FROM artifacts) "
+                    "WHERE m IS NOT NULL ORDER BY 1"
                 ).fetchall()
             ]
             raise ArtifactNotFound(

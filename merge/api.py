@@ -18,10 +18,10 @@ from graft.lineage.register import register
 from graft.merge.config import MergeConfig, parse_config
 from graft.merge.errors import MergeConfigError
 from graft.merge.executor import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
-from graft.merge.inputs import FoldedModel, ModelSource, open_model
+from graft.merge.inputs import open_model
+from graft.merge.output import parents, provenance
 from graft.merge.plan import MergePlan, build_plan
 from graft.registry import ArtifactNotFound, Manifest, Parent, Store, add
-from graft.registry.manifest import Relation
 from graft.registry.repack import after_add, repack_mode
 
 
@@ -77,8 +77,9 @@ def fold_adapter(
     on_progress: Callable[[MergeProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> MergeOutcome:
-    """Fold `adapter` into `base` (default: the adapter's recorded parent, else
-    the base its adapter_config.json names) — PEFT's merge_and_unload, key by key."""
+    """Fold `adapter` into `base` — PEFT's merge_and_unload, key by key. The
+    base defaults to the adapter's nearest recorded ancestor that is not an
+    adapter, else the base its adapter_config.json names."""
     base = base or _recorded_base(adapter, store)
     document: dict[str, object] = {
         "merge_method": "passthrough",
@@ -98,8 +99,10 @@ def _recorded_base(adapter: str, store: Store | None) -> str:
     source = open_model(adapter, store)
     if store is not None and source.artifact_id:
         manifest = store.load_manifest(source.artifact_id)
-        if manifest.parents:
-            return manifest.parents[0].id
+        while manifest.parents:  # up past earlier checkpoints of the adapter's run
+            manifest = store.load_manifest(manifest.parents[0].id)
+            if manifest.kind != "adapter":
+                return manifest.id
     declared = json.loads(source.companion("adapter_config.json") or b"{}")
     named = declared.get("base_model_name_or_path") if isinstance(declared, dict) else None
     if isinstance(named, str) and named:
@@ -128,6 +131,8 @@ def _run_and_register(
     rank: int | None = None,
 ) -> MergeOutcome:
     mode = repack_mode(store) if store is not None else "off"  # a bad setting stops it early
+    if store is not None:
+        plan = _register_inputs(plan, store)
     result = run(
         plan,
         out_dir,
@@ -140,14 +145,13 @@ def _run_and_register(
     )
     if store is None:
         return MergeOutcome(result, None)
-    links = _links(plan, store)
     added = add(
         store,
         result.out_dir,
         name=name or result.out_dir.name,
         kind="adapter" if plan.merges_adapters else "merge",
         method=plan.method_name,
-        links=links,
+        links=_links(plan),
         meta={"seed": str(seed)} if plan.config.method.name.startswith(("dare", "della")) else {},
     )
     ensure_deltas(store, [added.manifest.id])
@@ -155,30 +159,22 @@ def _run_and_register(
     return MergeOutcome(result, added.manifest)
 
 
-def _links(plan: MergePlan, store: Store) -> list[Parent]:
-    """A `merge` edge to every input, registering inputs read from plain files.
-    A merged adapter is an `adapter` of its base."""
+def _register_inputs(plan: MergePlan, store: Store) -> MergePlan:
+    """Register the inputs read from plain files before the run, so that the
+    files written name their ids."""
+    registered = {
+        p.source.label: register(p.source.path, store=store).manifest.id
+        for p in provenance(plan)
+        if not p.source.artifact_id and p.source.path is not None
+    }
+    return replace(plan, registered=registered)
+
+
+def _links(plan: MergePlan) -> list[Parent]:
+    """An edge to every model the merge read, as `graft.parents` lists them."""
     links: dict[str, Parent] = {}
-    base_relation: Relation = "adapter" if plan.merges_adapters else "merge"
-    if plan.adapter_base is not None and plan.base is None:
-        links[_artifact_id(plan.adapter_base, store)] = Parent("", "adapter", {"role": "base"})
-    for use in plan.uses:
-        source = plan.sources[use.source]
-        params = {"role": use.role, **use.params}
-        if use.role == "base":
-            links.setdefault(_artifact_id(source, store), Parent("", base_relation, params))
-        elif isinstance(source, FoldedModel):
-            links.setdefault(_artifact_id(source.adapter, store), Parent("", "merge", params))
-            links.setdefault(
-                _artifact_id(source.base, store), Parent("", "merge", {"role": "fold base"})
-            )
-        else:
-            links.setdefault(_artifact_id(source, store), Parent("", "merge", params))
-    return [replace(link, id=artifact_id) for artifact_id, link in links.items()]
-
-
-def _artifact_id(source: ModelSource, store: Store) -> str:
-    if source.artifact_id:
-        return source.artifact_id
-    assert source.path is not None
-    return register(source.path, store=store).manifest.id
+    for p in parents(plan):
+        links.setdefault(
+            p["id"], Parent(p["id"], p["relation"], {"role": p["role"], **p["params"]})
+        )
+    return list(links.values())

@@ -24,7 +24,7 @@ import torch
 
 from graft.lineage.tensors import TORCH_DTYPES
 from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from graft.merge.inputs import span_tensor
+from graft.merge.inputs import FoldedModel, span_tensor
 from graft.merge.methods import TensorIn, TensorJob
 from graft.merge.output import companion_files, lineage_metadata, model_card, write_companions
 from graft.merge.plan import MergePlan, TensorRef, TensorTask
@@ -262,6 +262,9 @@ def _merge_one(
         out_dtype=TORCH_DTYPES[task.dtype],
     )
     out = plan.config.method.merge(job).cpu()
+    first = plan.sources[task.inputs[0].source]
+    if base is None and isinstance(first, FoldedModel):  # a fold changes what the adapter adapts
+        return out, task.inputs[0].name in first.lora.updates
     return out, _differs(out, reference)
 
 

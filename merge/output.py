@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import graft
+from graft.merge.inputs import FoldedModel, ModelSource
 from graft.merge.plan import MergePlan
+from graft.registry.manifest import Relation
 
 # Files copied from the model that provides the architecture...
 MODEL_FILES = ("config.json", "generation_config.json")
@@ -31,17 +34,51 @@ TOKENIZER_FILES = (
 TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """A model the output was made from: the catalog's edge to it, and the
+    files' `graft.parents` entry."""
+
+    source: ModelSource
+    relation: Relation
+    role: str  # base | input | fold base (the base an input `BASE+ADAPTER` folds into)
+    params: dict[str, Any]  # as written in the config: weight, density, ...
+
+
+def provenance(plan: MergePlan) -> list[Provenance]:
+    """Every model the merge read, an input `BASE+ADAPTER` as its two parts."""
+    base_relation: Relation = "adapter" if plan.merges_adapters else "merge"
+    out = []
+    if plan.adapter_base is not None and plan.base is None:
+        out.append(Provenance(plan.adapter_base, "adapter", "base", {}))
+    for use in plan.uses:
+        source = plan.sources[use.source]
+        relation = base_relation if use.role == "base" else "merge"
+        if isinstance(source, FoldedModel):
+            out.append(Provenance(source.adapter, relation, use.role, use.params))
+            out.append(Provenance(source.base, "merge", "fold base", {}))
+        else:
+            out.append(Provenance(source, relation, use.role, use.params))
+    return out
+
+
 def parents(plan: MergePlan) -> list[dict[str, Any]]:
-    """Every model the merge read: its reference, store id, role and parameters."""
-    return [
-        {
-            "ref": use.label,
-            "id": plan.sources[use.source].artifact_id,
-            "role": use.role,
-            "params": use.params,
-        }
-        for use in plan.uses
-    ]
+    """`graft.parents`: each model read once, with its store id (a model read
+    from files has the id it was registered under before the run, if any)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for p in provenance(plan):
+        label = p.source.label
+        seen.setdefault(
+            label,
+            {
+                "ref": label,
+                "id": p.source.artifact_id or plan.registered.get(label),
+                "relation": p.relation,
+                "role": p.role,
+                "params": p.params,
+            },
+        )
+    return list(seen.values())
 
 
 def lineage_metadata(plan: MergePlan) -> dict[str, str]:

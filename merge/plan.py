@@ -13,7 +13,8 @@ previous one's; its sources' layers `start + o` feed output layer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from graft.lineage.names import place_of, with_layer
@@ -73,6 +74,9 @@ class MergePlan:
     # model they adapt (None when the config names none), for lineage.
     merges_adapters: bool = False
     adapter_base: ModelSource | None = None
+    # label → id of each input read from files, registered before the run so
+    # that the files written name it (`output.parents`).
+    registered: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:

@@ -1,6 +1,7 @@
 """graft's registry: content-addressed tensor store, manifests and DuckDB catalog."""
 
 from graft.registry.add import AddResult, add
+from graft.registry.amend import amend
 from graft.registry.errors import (
     AmbiguousRef,
     ArtifactNotFound,
@@ -65,6 +66,7 @@ __all__ = [
     "VerifyReport",
     "add",
     "add_remote",
+    "amend",
     "default_store_path",
     "export",
     "fetch",

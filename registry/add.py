@@ -154,26 +154,32 @@ def _existing(store: Store, artifact_id: str) -> Manifest | None:
 def _refuse_cycle(store: Store, existing: Manifest, parent_id: str) -> None:
     """Registered content offered with a parent that descends from it (or is it).
 
-    Edges only ever point from a new artifact to registered ones, so this is
-    the one way a user can ask for a cycle; the store is left as it was.
+    Edges only ever point from a new artifact to registered ones, so this and
+    `graft amend` are the ways a user can ask for a cycle; the store is left
+    as it was.
     """
     with store.catalog.reading() as con:
-        row = con.execute(
-            """
-            WITH RECURSIVE up(id) AS (
-                SELECT ?::VARCHAR
-                UNION SELECT e.parent_id FROM up JOIN edges e ON e.child_id = up.id
+        if descends_from(con, parent_id, existing.id):
+            raise CycleRefused(
+                f"{existing.ref} is already registered and is an ancestor of the parent given "
+                "(or the parent itself): linking them would make a cycle",
+                "check --parent",
             )
-            SELECT 1 FROM up WHERE id = ?
-            """,
-            [parent_id, existing.id],
-        ).fetchone()
-    if row:
-        raise CycleRefused(
-            f"{existing.ref} is already registered and is an ancestor of the parent given "
-            "(or the parent itself): linking them would make a cycle",
-            "check --parent",
+
+
+def descends_from(con: Connection, artifact_id: str, ancestor_id: str) -> bool:
+    """Whether `ancestor_id` is `artifact_id` or one of its ancestors."""
+    row = con.execute(
+        """
+        WITH RECURSIVE up(id) AS (
+            SELECT ?::VARCHAR
+            UNION SELECT e.parent_id FROM up JOIN edges e ON e.child_id = up.id
         )
+        SELECT 1 FROM up WHERE id = ?
+        """,
+        [artifact_id, ancestor_id],
+    ).fetchone()
+    return row is not None
 
 
 def _indexed(store: Store, artifact_id: str) -> bool:

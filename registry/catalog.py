@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import duckdb
@@ -21,7 +21,7 @@ from graft.registry.blobs import BlobStore
 from graft.registry.errors import GraftError, StoreError
 from graft.registry.fsutil import file_lock
 from graft.registry.manifest import Manifest
-from graft.registry.migrations import LATEST, MIGRATIONS
+from graft.registry.migrations import ADAPTER_TYPE, LATEST, MIGRATIONS
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -159,8 +159,14 @@ def _applied(con: Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStore) -> None:
-    """Index manifests: one bulk insert per table."""
+def insert_manifests(
+    con: Connection,
+    manifests: list[Manifest],
+    blobs: BlobStore,
+    amended: Mapping[str, str] | None = None,
+) -> None:
+    """Index manifests (as amended: `amended` maps their ids to the newest
+    amendment applied): one bulk insert per table."""
     artifacts, tensors, files, edges = [], [], [], []
     for m in manifests:
         json_cols = _json_columns(m, blobs)
@@ -180,6 +186,7 @@ def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStor
                 "adapter_config": json_cols.get("adapter_config"),
                 "safetensors_metadata": json.dumps(weights[0].metadata) if weights else None,
                 "user_metadata": json.dumps(m.meta),
+                "amended": (amended or {}).get(m.id),
             }
         )
         for f in m.files:
@@ -222,6 +229,11 @@ def insert_manifests(con: Connection, manifests: list[Manifest], blobs: BlobStor
     bulk_insert(con, "files", files)
     bulk_insert(con, "tensors", tensors)
     bulk_insert(con, "edges", edges)
+    if any(m.kind == "adapter" for m in manifests):
+        con.execute(
+            f"UPDATE artifacts SET adapter_type = {ADAPTER_TYPE} "
+            "WHERE adapter_config IS NOT NULL AND adapter_type IS NULL"
+        )
 
 
 def delete_artifacts(con: Connection, ids: list[str], *, keep_deltas: bool = False) -> None:

@@ -6,6 +6,14 @@ order, inside the transaction that records it in `schema_migrations`.
 
 from __future__ import annotations
 
+# An adapter's type from its adapter_config.json: the PEFT type, with the
+# variants LoRA takes as flags: lora, lora+dora, lora+rslora, ia3, ...
+ADAPTER_TYPE = (
+    "lower(adapter_config->>'$.peft_type')"
+    " || CASE WHEN adapter_config->>'$.use_dora' = 'true' THEN '+dora' ELSE '' END"
+    " || CASE WHEN adapter_config->>'$.use_rslora' = 'true' THEN '+rslora' ELSE '' END"
+)
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "0001_initial",
@@ -143,6 +151,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             id VARCHAR NOT NULL,
             PRIMARY KEY (remote, name, version)
         );
+        """,
+    ),
+    (
+        "0006_adapter_type_amendments",
+        f"""
+        -- lora, lora+dora, ia3, ...: apart from the method (sft, dpo, ...) it was trained by.
+        ALTER TABLE artifacts ADD COLUMN adapter_type VARCHAR;
+        UPDATE artifacts SET adapter_type = {ADAPTER_TYPE} WHERE adapter_config IS NOT NULL;
+        -- The newest amendment applied (its file name under amendments/<id>/), if any.
+        ALTER TABLE artifacts ADD COLUMN amended VARCHAR;
         """,
     ),
 )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from graft.registry.amendments import Amendment
 from graft.registry.blobs import MissingReference
 from graft.registry.catalog import Connection, delete_artifacts, insert_manifests
 from graft.registry.errors import CorruptBlob, GraftError, StoreError
@@ -35,6 +37,7 @@ class ArtifactRow:
     method: str | None
     parents: list[str] = field(default_factory=list)  # NAME@N of each parent
     where: list[str] = field(default_factory=lambda: ["local"])  # and/or remotes holding it
+    adapter_type: str | None = None  # lora, lora+dora, ia3, ... (adapters only)
 
     @property
     def ref(self) -> str:
@@ -56,7 +59,7 @@ def list_artifacts(
             )
             SELECT a.id, s.name, s.version, a.kind,
                    strftime(a.created_at, '%Y-%m-%dT%H:%M:%SZ'), a.size_bytes, a.n_tensors,
-                   a.method,
+                   a.method, a.adapter_type,
                    list(p.name || '@' || p.version ORDER BY p.name) FILTER (WHERE p.id IS NOT NULL),
                    a.remote IS NULL,
                    (SELECT list(DISTINCT r.remote ORDER BY r.remote) FROM remote_names r
@@ -66,7 +69,7 @@ def list_artifacts(
             LEFT JOIN artifacts p ON p.id = e.parent_id
             WHERE (? IS NULL OR s.name = ?) AND (? IS NULL OR a.kind = ?)
             GROUP BY a.id, s.name, s.version, a.kind, a.created_at, a.size_bytes, a.n_tensors,
-                     a.method, a.remote
+                     a.method, a.adapter_type, a.remote
             ORDER BY a.created_at, s.name, s.version
             """,
             [remote, remote, name, name, kind, kind],
@@ -81,8 +84,9 @@ def list_artifacts(
             size_bytes=r[5],
             n_tensors=r[6],
             method=r[7],
-            parents=r[8] or [],
-            where=(["local"] if r[9] else []) + (r[10] or []),
+            adapter_type=r[8],
+            parents=r[9] or [],
+            where=(["local"] if r[10] else []) + (r[11] or []),
         )
         for r in rows
     ]
@@ -116,6 +120,9 @@ class ArtifactDetail:
     children: list[str]  # NAME@N of each direct child
     shared: list[SharedTensors]  # one per direct parent
     usage: Usage  # raw vs stored bytes of its blobs
+    adapter: dict[str, Any] | None  # its adapter_config.json, for an adapter
+    adapter_type: str | None  # lora, lora+dora, ia3, ...
+    amendments: list[Amendment]  # what `graft amend` changed, oldest first
 
 
 def show(store: Store, ref: str) -> ArtifactDetail:
@@ -139,6 +146,9 @@ def show(store: Store, ref: str) -> ArtifactDetail:
             ).fetchall()
         ]
         children = _children(con, artifact_id)
+        adapter, adapter_type = con.execute(
+            "SELECT adapter_config, adapter_type FROM artifacts WHERE id = ?", [artifact_id]
+        ).fetchone() or (None, None)
         shared = [
             SharedTensors(*row)
             for row in con.execute(
@@ -156,7 +166,16 @@ def show(store: Store, ref: str) -> ArtifactDetail:
             ).fetchall()
         ]
     manifest = store.load_manifest(artifact_id)
-    return ArtifactDetail(manifest, ancestors, children, shared, artifact_usage(store, manifest))
+    return ArtifactDetail(
+        manifest,
+        ancestors,
+        children,
+        shared,
+        artifact_usage(store, manifest),
+        json.loads(adapter) if adapter else None,
+        adapter_type,
+        store.amendments(artifact_id),
+    )
 
 
 def export(
@@ -375,7 +394,7 @@ def reindex(store: Store) -> tuple[int, list[str]]:
             damaged.append(f"manifests/{artifact_id}.json")
 
     def fill(con: Connection) -> None:
-        insert_manifests(con, manifests, store.blobs)
+        insert_manifests(con, manifests, store.blobs, store.newest_amendments())
         index_remotes(con, store)  # and what was fetched from remotes
 
     store.catalog.rebuild(fill)

@@ -5,6 +5,7 @@ Layout of a store folder::
     graft-store.json      marker: {"graft_store": 1}
     blobs/ab/cdef...      content-addressed bytes, key = xxh3-128 hex
     manifests/<id>.json   one immutable manifest per artifact
+    amendments/<id>/      what `graft amend` changed of it since (lineage, labels)
     catalog.duckdb        the index, rebuilt by `graft reindex`
     cache/                what each added file hashed to (skips re-hashing it)
     locks/                flock files (catalog, gc)
@@ -21,11 +22,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
 
+from graft.registry.amendments import Amendment, amendment_files, parse_amendment
+from graft.registry.amendments import apply as apply_amendments
 from graft.registry.blobs import BlobStore
 from graft.registry.catalog import Catalog, Connection, delete_artifacts, insert_manifests
 from graft.registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
@@ -49,6 +54,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.manifests_dir = root / "manifests"
+        self.amendments_dir = root / "amendments"
         self.tmp_dir = root / "tmp"
         self.locks_dir = root / "locks"
         self.work = WorkDirs(self.tmp_dir)  # this process's temp folder, and the dead ones'
@@ -71,6 +77,7 @@ class Store:
         for d in (
             store.blobs.root,
             store.manifests_dir,
+            store.amendments_dir,
             store.tmp_dir,
             store.locks_dir,
             store.stat_cache.root,
@@ -95,7 +102,7 @@ class Store:
         return self.manifest_path(artifact_id).is_file()
 
     def load_manifest(self, artifact_id: str) -> Manifest:
-        """The artifact's manifest: stored here, or else as fetched from a remote."""
+        """The artifact's manifest as amended: stored here, or else as fetched from a remote."""
         path = self.manifest_path(artifact_id)
         if not path.is_file():
             path = next(self.root.glob(f"remotes/*/manifests/{artifact_id}.json"), path)
@@ -114,32 +121,69 @@ class Store:
             raise StoreError(
                 f"{path}: manifest holds artifact {manifest.id[:12]}", "run `graft verify`"
             )
-        return manifest
+        return apply_amendments(manifest, self.amendments(artifact_id))
+
+    def amendments(self, artifact_id: str) -> list[Amendment]:
+        """What `graft amend` changed of the artifact, oldest first."""
+        found = []
+        for path in amendment_files(self.amendments_dir / artifact_id):
+            try:
+                found.append(parse_amendment(path.read_bytes()))
+            except (OSError, ValueError, TypeError) as e:
+                raise StoreError(
+                    f"{path}: amendment is damaged ({e})", "remove it, then `graft reindex`"
+                ) from e
+        return found
+
+    def write_amendment(self, artifact_id: str, amendment: Amendment) -> None:
+        folder = self.amendments_dir / artifact_id
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{time.time_ns()}-{os.getpid()}.json"
+        write_atomic(path, amendment.to_json(), self.work.mine())
+
+    def newest_amendments(self) -> dict[str, str]:
+        """Artifact id → the file name of its newest amendment, for every amended one."""
+        newest = {}
+        for folder in self.amendments_dir.iterdir():
+            files = amendment_files(folder)
+            if files:
+                newest[folder.name] = files[-1].name
+        return newest
 
     def write_manifest(self, manifest: Manifest) -> int:
+        """Write a new artifact's manifest; amendments left by one removed
+        half-way (the same content, registered before) no longer apply."""
+        shutil.rmtree(self.amendments_dir / manifest.id, ignore_errors=True)
         data = manifest.to_json()
         write_atomic(self.manifest_path(manifest.id), data, self.work.mine())
         return len(data)
 
     def remove_manifest(self, artifact_id: str) -> None:
+        """Forget the artifact: its manifest, then its amendments (should this
+        be cut short, amendments of no manifest are inert)."""
         with contextlib.suppress(FileNotFoundError):
             self.manifest_path(artifact_id).unlink()
+        shutil.rmtree(self.amendments_dir / artifact_id, ignore_errors=True)
 
     # -- catalog -----------------------------------------------------------
 
     def sync_catalog(self, con: Connection) -> None:
-        """Index manifests the catalog lacks; drop rows whose manifest is gone."""
+        """Index manifests the catalog lacks, again those amended since they
+        were indexed; drop rows whose manifest is gone."""
         on_disk = self.manifest_ids()
-        rows = con.execute("SELECT id, remote IS NOT NULL FROM artifacts").fetchall()
-        indexed = {i for i, fetched in rows if not fetched}
+        amended = self.newest_amendments()
+        rows = con.execute("SELECT id, remote IS NOT NULL, amended FROM artifacts").fetchall()
+        indexed = {i for i, fetched, _ in rows if not fetched}
         delete_artifacts(con, sorted(indexed - on_disk))
-        pulled = sorted({i for i, fetched in rows if fetched} & on_disk)
-        delete_artifacts(con, pulled, keep_deltas=True)  # indexed again below, as local
+        pulled = {i for i, fetched, _ in rows if fetched} & on_disk
+        changed = {i for i, fetched, newest in rows if not fetched and amended.get(i) != newest}
+        stale = sorted(pulled | (changed & on_disk))
+        delete_artifacts(con, stale, keep_deltas=True)  # indexed again below
         missing = []
-        for artifact_id in sorted(on_disk - indexed):
+        for artifact_id in sorted((on_disk - indexed) | set(stale)):
             with contextlib.suppress(StoreError):  # damaged ones are `verify`'s to report
                 missing.append(self.load_manifest(artifact_id))
-        insert_manifests(con, missing, self.blobs)
+        insert_manifests(con, missing, self.blobs, amended)
 
     def resolve(self, con: Connection, ref: str) -> str:
         """The id a REF names: NAME (latest version), NAME@N, REMOTE:NAME[@N] (a

@@ -262,7 +262,8 @@ async def test_m_shows_what_every_artifact_of_a_method_touched(store_path: Path)
         await pilot.pause()
         assert app.query_one("#tabs", TabbedContent).active == "methods-tab"
         view = app.query_one(MethodsView)
-        assert [o.id for o in view.option_list.options] == ["lora", "sft", "ties"]
+        # rslora: lora-reverse's adapter type is lora+rslora
+        assert [o.id for o in view.option_list.options] == ["lora", "rslora", "sft", "ties"]
 
         view = await _choose_method(app, pilot, "lora")
         assert view.touches is not None

@@ -24,6 +24,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from graft import lineage, registry
 from graft.registry import ArtifactDetail, ArtifactRow, GraftError, Store
 from graft.tui.grids import parents_of
+from graft.tui.render import made_by
 from graft.tui.screens.add_dialog import AddDialog
 from graft.tui.screens.help import HelpScreen
 from graft.tui.widgets import (
@@ -188,7 +189,7 @@ class GraftApp(App[None]):
 
     def _update_lists(self, rows: list[ArtifactRow]) -> None:
         self.sub_title = f"{len(rows)} artifacts"
-        self.query_one(MethodsView).show_methods(r.method for r in rows)
+        self.query_one(MethodsView).show_methods(made_by(r) for r in rows)
         if not rows:
             self.query_one(Overview).update(
                 "No artifacts in this store yet: register one with `graft add PATH`, "

@@ -189,7 +189,8 @@ def _added(
     if result.existed and given:
         render.err.print(
             f"graft: identical content is already registered as {m.ref}; "
-            "--name, --parent, --method and --meta were not applied",
+            f"--name, --parent, --method and --meta were not applied; `graft amend {m.ref}` sets "
+            "them",
             markup=False,
         )
     if not as_json:
@@ -222,6 +223,51 @@ def _suggestion_note(s: lineage.Suggestion | None, *, recorded: bool) -> str:
     if recorded:
         return f"graft: parent {s.parent} (inferred, {how})"
     return f"graft: likely parent {s.parent} ({how}); record it with --infer-parent"
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--parent", metavar="REF", help="The artifact it was really trained from.")
+@click.option("--method", help="How it was made: sft, dpo, ... (free text).")
+@click.option(
+    "--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata to set (repeatable)."
+)
+@click.option("--name", help="A new name (it gets that name's next version).")
+@json_option
+@with_store
+def amend(
+    store: Store,
+    ref: str,
+    parent: str | None,
+    method: str | None,
+    meta: tuple[str, ...],
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """Fix REF's parent, method, meta or name after the fact; its content and id stay.
+
+    Amendments are kept in the store beside the artifact, applied by the
+    catalog and by `graft reindex`; `graft log` marks an amended edge.
+    """
+    pairs = dict(_key_value(m) for m in meta)
+    m = registry.amend(store, ref, parent=parent, method=method, meta=pairs, name=name)
+    if as_json:
+        render.print_json(
+            {
+                "id": m.id,
+                "name": m.name,
+                "version": m.version,
+                "method": m.method,
+                "parents": [p.id for p in m.parents],
+                "meta": m.meta,
+            }
+        )
+        return
+    parents = ", ".join(p.id[:12] for p in m.parents) or "none"
+    render.out.print(
+        f"amended {m.ref} ({m.id[:12]}): method {m.method or '-'}, parents {parents}",
+        markup=False,
+    )
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -272,6 +318,8 @@ def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
         doc["ancestors"] = render.to_plain(detail.ancestors)
         doc["children"] = detail.children
         doc["shared"] = render.to_plain(detail.shared)
+        doc["adapter_type"] = detail.adapter_type
+        doc["amendments"] = render.to_plain(detail.amendments)
         render.print_json(doc)
         return
     for part in render.detail_view(detail, tensors=tensors):

@@ -124,12 +124,39 @@ def artifact_table(rows: list[ArtifactRow]) -> Table:
             r.id[:12],
             str(r.n_tensors),
             human_size(r.size_bytes),
-            r.method or "",
+            method_label(r.method, r.adapter_type),
             ", ".join(r.parents),
             r.created_at.replace("T", " ").removesuffix("Z"),
             *([", ".join(r.where)] if where else []),
         )
     return table
+
+
+def method_label(method: str | None, adapter_type: str | None) -> str:
+    """The training method, with the adapter type when it says more: "sft (lora)"."""
+    if not adapter_type:
+        return method or ""
+    if method is None or method in adapter_type.split("+"):
+        return adapter_type
+    return f"{method} ({adapter_type})"
+
+
+def made_by(row: ArtifactRow) -> set[str]:
+    """The methods `touched --method` finds the artifact by: its own, its adapter type's."""
+    return {m for m in (row.method, *(row.adapter_type or "").split("+")) if m}
+
+
+def adapter_label(adapter_type: str, config: dict[str, Any]) -> str:
+    """ "lora r=8 alpha=16 on q_proj, v_proj" from adapter_config.json."""
+    parts = [adapter_type]
+    parts += [f"r={config['r']}"] if "r" in config else []
+    parts += [f"alpha={config['lora_alpha']}"] if "lora_alpha" in config else []
+    targets = config.get("target_modules")
+    if isinstance(targets, list):
+        parts.append("on " + ", ".join(sorted(map(str, targets))))
+    elif isinstance(targets, str):
+        parts.append(f"on {targets}")
+    return " ".join(parts)
 
 
 def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
@@ -140,6 +167,8 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
     summary.add_row("artifact", f"{m.ref}  [dim]{m.id}[/]")
     summary.add_row("kind", m.kind)
     summary.add_row("method", m.method or "-")
+    if detail.adapter_type:
+        summary.add_row("adapter", adapter_label(detail.adapter_type, detail.adapter or {}))
     summary.add_row("created", m.created_at)
     summary.add_row("source", m.source or "-")
     summary.add_row(
@@ -157,6 +186,8 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
         )
     if detail.children:
         summary.add_row("children", ", ".join(detail.children))
+    for a in detail.amendments:
+        summary.add_row("amended", f"{a.at}: {a.describe()}")
     parts: list[Any] = [summary, "", _lineage_tree(detail), "", _files_table(m)]
     if tensors:
         parts += ["", _tensors_table(m)]

@@ -14,6 +14,7 @@ from textual.widgets import Input, Tree
 from textual.widgets.tree import TreeNode
 
 from graft.registry import ArtifactRow
+from graft.tui.render import method_label
 
 # Nodes built for the first screen; the rest are built when their parent is opened.
 INITIAL_NODES = 300
@@ -42,7 +43,8 @@ def matching(
         return {r.ref for r in rows}
     keep: set[str] = set()
     for r in rows:
-        if any(q in (field or "").lower() for field in (r.name, r.method, r.kind)):
+        fields = (r.name, r.method, r.adapter_type, r.kind)
+        if any(q in (field or "").lower() for field in fields):
             ref: str | None = r.ref
             while ref is not None and ref not in keep:
                 keep.add(ref)
@@ -89,8 +91,8 @@ def opened_within(children: Mapping[str | None, Sequence[ArtifactRow]], budget: 
 
 def label(row: ArtifactRow, main: str | None) -> Text:
     text = Text.assemble((row.name, "bold"), f"@{row.version}  ", (row.kind, "italic"))
-    if row.method:
-        text.append(f"  {row.method}")
+    if row.method or row.adapter_type:
+        text.append(f"  {method_label(row.method, row.adapter_type)}")
     others = [p for p in row.parents if p != main]
     if others:
         text.append(f"  also from: {', '.join(others)}", style="dim")

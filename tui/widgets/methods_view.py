@@ -46,9 +46,10 @@ class MethodsView(Vertical):
     def option_list(self) -> OptionList:
         return self.query_one("#method-list", OptionList)
 
-    def show_methods(self, methods: Iterable[str | None]) -> None:
-        """Offer each distinct recorded method, with how many artifacts it made."""
-        counts = Counter(m for m in methods if m)
+    def show_methods(self, methods: Iterable[set[str]]) -> None:
+        """Offer each distinct method (each artifact's set: `render.made_by`),
+        with how many artifacts it made."""
+        counts = Counter(m for made_by in methods for m in made_by)
         options = self.option_list
         options.set_options(
             Option(Text.assemble((m, "bold"), f"  {n} artifact{'s' * (n != 1)}"), id=m)

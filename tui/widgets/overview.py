@@ -14,6 +14,7 @@ from graft.lineage import Touch
 from graft.registry import ArtifactDetail
 from graft.registry.ops import LineageStep
 from graft.tui.lineage_views import edge_params
+from graft.tui.render import adapter_label
 
 
 class Overview(Static):
@@ -31,6 +32,11 @@ class Overview(Static):
             "artifact": m.ref,
             "kind": m.kind,
             "method": m.method or "-",
+            **(
+                {"adapter": adapter_label(detail.adapter_type, detail.adapter or {})}
+                if detail.adapter_type
+                else {}
+            ),
             "id": m.id,
             "size": f"{human_size(m.size)} in {len(m.files)} files, {len(m.tensors)} tensors",
             "created": m.created_at,
@@ -47,6 +53,8 @@ class Overview(Static):
             fields["changed"] = f"{len({t.tensor for t in touches})} tensors against the parent"
         for key, value in m.meta.items():
             fields[f"meta {key}"] = value
+        if detail.amendments:
+            fields["amended"] = "\n".join(f"{a.at}: {a.describe()}" for a in detail.amendments)
         self.fields = fields
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
