@@ -111,34 +111,49 @@ def _dense_delta(
     coarser = t.dtype != p.dtype and DTYPE_BITS[t.dtype] <= DTYPE_BITS[p.dtype]
     cols = t.shape[-1] if len(t.shape) == 2 and t.shape[-1] else 0
     span = max(1, SPAN // cols) * cols if cols else SPAN
-    sketch = _Sketch(cols) if cols else None
-    changed, delta_sq, base_sq, max_abs = 0, 0.0, 0.0, 0.0
+    stats = _DeltaStats(cols)
     with store.blobs.open(t.blob, t.name) as child, store.blobs.open(p.blob, p.name) as parent:
         for new, old in zip(
             float_spans(child, t.dtype, span), float_spans(parent, p.dtype, span), strict=True
         ):
-            delta = new - round_to(old, t.dtype) if coarser else new - old
-            changed += int(np.count_nonzero(delta != 0))  # bools count 5x faster than floats
-            delta_sq += float(np.dot(delta, delta))
-            base_sq += float(np.dot(old, old))
-            if delta.size:
-                max_abs = max(max_abs, float(delta.max()), -float(delta.min()))
-            if sketch:
-                sketch.add(delta.reshape(-1, cols))
-    if not changed:
-        return _at(place, name, "identical", frac_changed=0.0, rel_change=0.0)
-    norm = math.sqrt(delta_sq)
-    sigma_sq = sketch.top_singular_value_squared() if sketch else 0.0
-    return _at(
-        place,
-        name,
-        "changed",
-        frac_changed=changed / math.prod(t.shape),
-        rel_change=_ratio(norm, math.sqrt(base_sq)),
-        max_abs=max_abs,
-        delta_norm=norm,
-        stable_rank=delta_sq / sigma_sq if sigma_sq > 0 else (math.nan if sketch else None),
-    )
+            stats.add(new - round_to(old, t.dtype) if coarser else new - old, old)
+    return stats.delta(place, name, math.prod(t.shape))
+
+
+class _DeltaStats:
+    """The statistics of a dense ΔW seen once, a span of whole rows at a time."""
+
+    def __init__(self, cols: int) -> None:
+        self.cols = cols
+        self.sketch = _Sketch(cols) if cols else None
+        self.changed, self.delta_sq, self.base_sq, self.max_abs = 0, 0.0, 0.0, 0.0
+
+    def add(self, delta: np.ndarray, old: np.ndarray) -> None:
+        self.changed += int(np.count_nonzero(delta != 0))  # bools count 5x faster than floats
+        self.delta_sq += float(np.vdot(delta, delta))
+        self.base_sq += float(np.vdot(old, old))
+        if delta.size:
+            self.max_abs = max(self.max_abs, float(delta.max()), -float(delta.min()))
+        if self.sketch:
+            self.sketch.add(delta.reshape(-1, self.cols))
+
+    def delta(self, place: Place, name: str, numel: int) -> TensorDelta:
+        if not self.changed:
+            return _at(place, name, "identical", frac_changed=0.0, rel_change=0.0)
+        norm = math.sqrt(self.delta_sq)
+        sigma_sq = self.sketch.top_singular_value_squared() if self.sketch else 0.0
+        return _at(
+            place,
+            name,
+            "changed",
+            frac_changed=self.changed / numel,
+            rel_change=_ratio(norm, math.sqrt(self.base_sq)),
+            max_abs=self.max_abs,
+            delta_norm=norm,
+            stable_rank=(
+                self.delta_sq / sigma_sq if sigma_sq > 0 else (math.nan if self.sketch else None)
+            ),
+        )
 
 
 class _Sketch:
@@ -183,6 +198,7 @@ def _ratio(num: float, den: float) -> float | None:
 class _Factors:
     a: TensorRecord | None = None
     b: TensorRecord | None = None
+    magnitude: TensorRecord | None = None  # DoRA
 
 
 def adapter_deltas(store: Store, adapter: Manifest, base: Manifest) -> list[TensorDelta]:
@@ -202,11 +218,16 @@ def adapter_deltas(store: Store, adapter: Manifest, base: Manifest) -> list[Tens
             factors.setdefault(key.base_tensor, _Factors()).a = record
         elif key.part in ("lora_B", "lora_embedding_B"):
             factors.setdefault(key.base_tensor, _Factors()).b = record
+        elif key.part == "lora_magnitude_vector":
+            factors.setdefault(key.base_tensor, _Factors()).magnitude = record
     out = []
     for tensor in sorted(factors.keys() | replaced.keys()):
         place = place_of(tensor)
         base_record = base_tensors.get(tensor)
-        if tensor in replaced:
+        # PEFT saves a targeted embedding whole beside its factors: when that
+        # copy is the base's own tensor, the factors say what changed.
+        copy = replaced.get(tensor)
+        if copy and not (tensor in factors and base_record and copy.blob == base_record.blob):
             if base_record is None:
                 out.append(_at(place, tensor, "added", new_shape=replaced[tensor].shape))
             else:
@@ -216,8 +237,62 @@ def adapter_deltas(store: Store, adapter: Manifest, base: Manifest) -> list[Tens
         if f.a is None or f.b is None:
             continue  # a lone factor changes nothing
         scale = lora_scale(config, modules[tensor], rank=f.a.shape[0])
-        out.append(_lora_delta(tensor, place, store, f.a, f.b, scale, base_record))
+        if f.magnitude is not None and base_record is not None:
+            fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+            out.append(_dora_delta(tensor, place, store, f, scale, base_record, fan_in_fan_out))
+        else:
+            out.append(_lora_delta(tensor, place, store, f.a, f.b, scale, base_record))
     return out
+
+
+def _dora_delta(
+    tensor: str,
+    place: Place,
+    store: Store,
+    f: _Factors,
+    scale: float,
+    base: TensorRecord,
+    fan_in_fan_out: bool,
+) -> TensorDelta:
+    """DoRA: W' = (m / n) ⊙ (W + s·B·A), n the norm of each output row of
+    W + s·B·A (a column of W for Conv1D and embeddings, stored [in, out]).
+    Every element of the module may change and W' − W is not low rank, so it
+    is streamed over row spans of W like a dense delta; a column norm takes a
+    first pass."""
+    assert f.a is not None and f.b is not None and f.magnitude is not None
+    a, b = _load_f32(store, f.a), _load_f32(store, f.b)
+    magnitude = _load_f32(store, f.magnitude)
+    rows, cols = base.shape if len(base.shape) == 2 else (0, 0)
+    straight = (rows, cols) == (b.shape[0], a.shape[1])
+    turned = (rows, cols) == (a.shape[1], b.shape[0])
+    transposed = turned and (not straight or fan_in_fan_out or "embed" in tensor)
+    if not (straight or turned) or magnitude.shape != (b.shape[0],):
+        return _at(place, tensor, "reshaped", old_shape=base.shape, new_shape=b.shape)
+
+    def merged_rows() -> Iterable[tuple[slice, np.ndarray, np.ndarray]]:
+        """(rows, W's rows, the same rows of W + s·B·A), a span at a time."""
+        start = 0
+        with store.blobs.open(base.blob, base.name) as blob:
+            for flat in float_spans(blob, base.dtype, max(1, SPAN // cols) * cols):
+                w = flat.reshape(-1, cols)
+                at = slice(start, start + len(w))
+                lora = a[:, at].T @ b.T if transposed else b[at] @ a
+                yield at, w, w + lora * np.float32(scale)
+                start = at.stop
+
+    if transposed:
+        col_sq = np.zeros(cols, np.float32)
+        for _, _, merged in merged_rows():
+            col_sq += np.einsum("ij,ij->j", merged, merged)
+        col_factor = magnitude / np.sqrt(col_sq)
+    stats = _DeltaStats(cols)
+    for at, w, merged in merged_rows():
+        if transposed:
+            factor = col_factor[None, :]
+        else:
+            factor = (magnitude[at] / np.linalg.norm(merged, axis=1))[:, None]
+        stats.add(merged * factor - w, w)
+    return stats.delta(place, tensor, rows * cols)
 
 
 def _lora_delta(

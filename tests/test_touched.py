@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -83,6 +83,45 @@ def test_adapter_deltas_match_peft_merge_and_unload(demo):
         assert t["rank"] == int(torch.linalg.matrix_rank(delta.float()))
     untouched = set(before) - {t["tensor"] for t in touches}
     assert all(torch.equal(before[k], after[k]) for k in untouched)
+
+
+def test_dora_deltas_match_peft_merge_and_unload(graft, tmp_path):
+    """DoRA (linear and embedding): the magnitude rescales every row, so the
+    change is W' − W of PEFT's merge, not the low-rank s·B·A."""
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "embed_tokens"]
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(SAMPLES / "tiny-llama"), config)
+    with torch.no_grad():  # PEFT starts at B = 0, m = ‖W‖: move both, as training would
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                p.normal_(0, 0.02)
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "dora")
+    base = AutoModelForCausalLM.from_pretrained(SAMPLES / "tiny-llama")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    after = PeftModel.from_pretrained(base, tmp_path / "dora").merge_and_unload().state_dict()
+    graft("add", SAMPLES / "tiny-llama")
+    graft("add", tmp_path / "dora")
+    touches = _touched(graft, "dora")
+    assert {t["tensor"] for t in touches} == {
+        "model.embed_tokens.weight",
+        *_weights(("q_proj", "v_proj")),
+    }
+    for t in touches:
+        delta = (after[t["tensor"]] - before[t["tensor"]]).double()
+        assert t["rel_change"] == pytest.approx(
+            float(delta.norm() / before[t["tensor"]].double().norm()), rel=1e-4
+        )
+        assert t["frac_changed"] == pytest.approx(float((delta != 0).double().mean()), abs=1e-3)
+        assert t["max_abs"] == pytest.approx(float(delta.abs().max()), rel=1e-3)
+        assert t["rank"] is None  # no longer low rank
+    (row,) = [r for r in graft_json(graft, "ls") if r["name"] == "dora"]
+    assert row["adapter_type"] == "lora+dora"
+    for method in ("dora", "lora"):
+        assert graft_json(graft, "touched", "--method", method)["artifacts"] == ["dora@1"]
 
 
 def test_touched_by_method_aggregates_over_the_adapters(demo):
