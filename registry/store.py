@@ -143,7 +143,9 @@ class Store:
 
     def newest_amendments(self) -> dict[str, str]:
         """Artifact id → the file name of its newest amendment, for every amended one."""
-        newest = {}
+        newest: dict[str, str] = {}
+        if not self.amendments_dir.is_dir():  # a store opened read-only, made before amend
+            return newest
         for folder in self.amendments_dir.iterdir():
             files = amendment_files(folder)
             if files:
