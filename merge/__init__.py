@@ -4,32 +4,31 @@
 `fold_adapter` run it and register the result with its lineage.
 """
 
-from graft.merge.api import MergeOutcome, fold_adapter, merge_models
-from graft.merge.config import MergeConfig, load_config, parse_config
-from graft.merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
-from graft.merge.executor import MergeProgress, MergeResult, run
-from graft.merge.methods import METHODS, Method, Param, TensorJob, get_method
-from graft.merge.plan import MergePlan, build_plan
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "METHODS",
-    "AdapterError",
-    "MergeCancelled",
-    "MergeConfig",
-    "MergeConfigError",
-    "MergeInputError",
-    "MergeOutcome",
-    "MergePlan",
-    "MergeProgress",
-    "MergeResult",
-    "Method",
-    "Param",
-    "TensorJob",
-    "build_plan",
-    "fold_adapter",
-    "get_method",
-    "load_config",
-    "merge_models",
-    "parse_config",
-    "run",
-]
+from graft.exports import lazy_exports
+
+if TYPE_CHECKING:
+    from graft.merge.api import MergeOutcome, fold_adapter, merge_models
+    from graft.merge.config import MergeConfig, load_config, parse_config
+    from graft.merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
+    from graft.merge.executor import MergeProgress, MergeResult, run
+    from graft.merge.methods import METHODS, Method, Param, TensorJob, get_method
+    from graft.merge.plan import MergePlan, build_plan
+
+__all__ = lazy_exports(
+    __name__,
+    {
+        "graft.merge.api": ("MergeOutcome", "fold_adapter", "merge_models"),
+        "graft.merge.config": ("MergeConfig", "load_config", "parse_config"),
+        "graft.merge.errors": (
+            "AdapterError",
+            "MergeCancelled",
+            "MergeConfigError",
+            "MergeInputError",
+        ),
+        "graft.merge.executor": ("MergeProgress", "MergeResult", "run"),
+        "graft.merge.methods": ("METHODS", "Method", "Param", "TensorJob", "get_method"),
+        "graft.merge.plan": ("MergePlan", "build_plan"),
+    },
+)

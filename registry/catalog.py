@@ -36,21 +36,40 @@ DELTA_REFERENCES = (
 
 
 class Catalog:
-    def __init__(self, path: Path, lock_path: Path, timeout: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_path: Path,
+        timeout: float,
+        on_migrated: Callable[[Connection], None],
+    ) -> None:
         self.path = path
         self.lock_path = lock_path
         self.timeout = timeout
+        self.on_migrated = on_migrated  # brings the rows up to date after a migration
+        # Whether this process has seen the latest schema. Until then the first
+        # connection checks (one connection, not two: `graft ls` starts faster),
+        # and a writer migrates.
+        self.checked = False
 
     @contextlib.contextmanager
     def reading(self, *, sandboxed: bool = False) -> Iterator[Connection]:
         """A read-only connection; `sandboxed` also denies it any file or network
         access beyond the catalog (for users' own SQL)."""
+        if not self.checked and not self.path.exists():
+            self._migrate()
         with self._lock(shared=True):
             con = self._connect(read_only=True, sandboxed=sandboxed)
             try:
-                yield con
+                self.checked = self.checked or _applied(con) >= LATEST
+                if self.checked:
+                    yield con
+                    return
             finally:
                 con.close()
+        self._migrate()  # outside the shared lock, which a writer could not take
+        with self.reading(sandboxed=sandboxed) as con:
+            yield con
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Connection]:
@@ -59,10 +78,18 @@ class Catalog:
             con = self._connect(read_only=False)
             try:
                 con.begin()
+                if not self.checked:
+                    if _migrate(con):
+                        self.on_migrated(con)
+                    self.checked = True
                 yield con
                 con.commit()
             finally:
                 con.close()
+
+    def _migrate(self) -> None:
+        with self.writing():
+            pass
 
     @contextlib.contextmanager
     def _lock(self, *, shared: bool) -> Iterator[None]:
@@ -95,16 +122,6 @@ class Catalog:
                 "run `graft reindex` to rebuild it from the manifests",
             ) from e
 
-    def schema_version(self) -> int:
-        if not self.path.exists():
-            return 0
-        with self.reading() as con:
-            return _applied(con)
-
-    def migrate(self) -> None:
-        with self.writing() as con:
-            _migrate(con)
-
     def rebuild(self, fill: Callable[[Connection], None]) -> None:
         """Empty every table and refill it, in one transaction; a catalog that
         no longer opens is moved aside (``catalog.duckdb.broken-<time>``) first."""
@@ -129,15 +146,14 @@ class Catalog:
                         "OR parent_id NOT IN (SELECT id FROM artifacts)"
                     )
                 con.commit()
+                self.checked = True
             finally:
                 con.close()
 
-    @property
-    def up_to_date(self) -> bool:
-        return self.schema_version() == LATEST
 
-
-def _migrate(con: Connection) -> None:
+def _migrate(con: Connection) -> int:
+    """Apply the migrations the catalog lacks; return how many."""
+    applied = 0
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
@@ -149,6 +165,8 @@ def _migrate(con: Connection) -> None:
             con.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
             )
+            applied += 1
+    return applied
 
 
 def _applied(con: Connection) -> int:

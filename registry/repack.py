@@ -78,19 +78,6 @@ class RepackResult:
     bytes_after: int
 
 
-@dataclass(frozen=True)
-class Usage:
-    """Raw bytes (what the blobs decode to) against bytes on disk."""
-
-    name: str  # "store", or an artifact's NAME@N
-    raw_bytes: int
-    stored_bytes: int
-
-    @property
-    def ratio(self) -> float:
-        return self.stored_bytes / self.raw_bytes if self.raw_bytes else 1.0
-
-
 def repack(
     store: Store,
     ref: str | None = None,
@@ -122,7 +109,7 @@ def _repack(
     on_progress: Callable[[int, int], None] | None,
 ) -> RepackResult:
     with store.pin_blobs():
-        manifests = [store.resolve_ref(ref)] if ref else _oldest_first(store)
+        manifests = [store.resolve_ref(ref)] if ref else store.load_manifests()
         tried = _TriedLog(store.stat_cache.root / KEPT_RAW)
         # What is raw now; references are chosen wave by wave, once the parents are done.
         waves, seen = [], set(tried.keys)
@@ -211,14 +198,6 @@ def run_requested(store: Store, before_pass: Callable[[], object] = lambda: None
                     _repack(store, None, None, None)
         except StoreBusy:
             return  # the one running sees the request when it is done
-
-
-def _oldest_first(store: Store) -> list[Manifest]:
-    manifests = []
-    for artifact_id in store.manifest_ids():
-        with contextlib.suppress(StoreError):  # damaged ones are `verify`'s to report
-            manifests.append(store.load_manifest(artifact_id))
-    return sorted(manifests, key=lambda m: (m.created_at, m.id))
 
 
 class _TriedLog:
@@ -385,31 +364,6 @@ def _write_encoded(
     data = footer.to_json()
     out.write(data)
     out.write(TAIL.pack(len(data), MAGIC))
-
-
-def usage(store: Store, ref: str | None = None) -> tuple[Usage, list[Usage]]:
-    """Raw vs stored bytes of the whole store (each blob on disk once), and of each
-    artifact (or of `ref`)."""
-    manifests = [store.resolve_ref(ref)] if ref else _oldest_first(store)
-    rows = [artifact_usage(store, m) for m in manifests]
-    on_disk = [_sizes(store, key) for key in list(store.blobs.keys())]
-    total = Usage("store", sum(r for r, _ in on_disk), sum(s for _, s in on_disk))
-    return total, rows
-
-
-def artifact_usage(store: Store, manifest: Manifest) -> Usage:
-    """Raw vs stored bytes of the blobs an artifact names, each once, shared or not."""
-    sizes = [_sizes(store, k) for k in {k for f in manifest.files for k in f.blob_keys()}]
-    return Usage(manifest.ref, sum(r for r, _ in sizes), sum(s for _, s in sizes))
-
-
-def _sizes(store: Store, key: str) -> tuple[int, int]:
-    """(raw, stored) bytes of a blob; (0, 0) when it is missing or damaged."""
-    try:
-        with store.blobs.open(key) as blob:
-            return blob.size, blob.stored_size
-    except CorruptBlob:
-        return 0, 0
 
 
 if __name__ == "__main__":  # the background repack that `after_add` starts

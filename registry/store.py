@@ -62,13 +62,15 @@ class Store:
         self.stat_cache = StatCache(root / "cache", self.work, self.blobs)
         timeout = float(os.environ.get("GRAFT_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         self.lock_timeout = timeout
-        self.catalog = Catalog(root / "catalog.duckdb", self.locks_dir / "catalog.lock", timeout)
+        self.catalog = Catalog(
+            root / "catalog.duckdb", self.locks_dir / "catalog.lock", timeout, self.sync_catalog
+        )
 
     @classmethod
-    def open(cls, root: Path | None = None, *, check_catalog: bool = True) -> Store:
+    def open(cls, root: Path | None = None) -> Store:
         """Open the store at `root` (default: `default_store_path()`), creating it if new.
 
-        `check_catalog=False` skips opening the catalog, for `reindex` to repair it.
+        The catalog is opened (and migrated when graft is newer) on first use.
         """
         root = Path(root) if root is not None else default_store_path()
         root = root.expanduser().absolute()
@@ -83,10 +85,6 @@ class Store:
             store.stat_cache.root,
         ):
             d.mkdir(exist_ok=True)
-        if check_catalog and not store.catalog.up_to_date:
-            store.catalog.migrate()
-            with store.catalog.writing() as con:
-                store.sync_catalog(con)
         return store
 
     # -- manifests ---------------------------------------------------------
@@ -100,6 +98,14 @@ class Store:
     def is_local(self, artifact_id: str) -> bool:
         """Whether the artifact is stored here (not only known from a remote)."""
         return self.manifest_path(artifact_id).is_file()
+
+    def load_manifests(self) -> list[Manifest]:
+        """Every manifest stored here that loads, oldest first."""
+        manifests = []
+        for artifact_id in self.manifest_ids():
+            with contextlib.suppress(StoreError):  # damaged ones are `verify`'s to report
+                manifests.append(self.load_manifest(artifact_id))
+        return sorted(manifests, key=lambda m: (m.created_at, m.id))
 
     def load_manifest(self, artifact_id: str) -> Manifest:
         """The artifact's manifest as amended: stored here, or else as fetched from a remote."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -82,6 +83,90 @@ def test_the_cli_starts_without_importing_torch_or_numpy():
     )
     loaded = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip()
     assert loaded == "[]"
+
+
+HEAVY = ("torch", "transformers", "peft", "textual", "pyarrow", "numpy", "matplotlib")
+# Runs one command in a fresh interpreter, then names the heavy modules it loaded.
+RUN_AND_LIST = """
+import sys
+from graft.tui.cli import cli
+try:
+    cli.main(sys.argv[1:], prog_name="graft")
+except SystemExit as e:
+    assert not e.code, e.code
+print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--help",),
+        ("ls",),
+        ("show", "sft"),
+        ("log", "sft"),
+        ("touched", "sft"),
+        ("touched", "--method", "finetune"),
+        ("diff", "base", "sft"),
+        ("sql", "SELECT count(*) FROM artifacts"),
+        ("add", "SFT"),  # unchanged content: the stat cache answers
+    ],
+    ids=lambda args: args[0].strip("-"),
+)
+def test_reading_commands_load_no_heavy_module(tmp_path, args):
+    """`graft ls` should start about as fast as DuckDB does (benchmarks/bench_cli_start.py):
+    the commands that only read the catalog load none of torch, transformers,
+    peft, textual, pyarrow, numpy or matplotlib."""
+    from tests.conftest import make_model
+
+    # inline: the deltas are recorded before `add` returns, not computed on the spot
+    env = {**os.environ, "GRAFT_STORE": str(tmp_path / "store"), "GRAFT_REPACK": "inline"}
+    base, sft = make_model(tmp_path / "base"), make_model(tmp_path / "sft", seed=1)
+    graft = Path(sys.executable).parent / "graft"
+    subprocess.run([graft, "add", base, "--name", "base"], env=env, check=True)
+    subprocess.run(
+        [graft, "add", sft, "--name", "sft", "--parent", "base", "--method", "finetune"],
+        env=env,
+        check=True,
+    )
+    args = tuple(str(sft) if a == "SFT" else a for a in args)
+    code = RUN_AND_LIST.format(heavy=HEAVY)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("package", ["graft.registry", "graft.lineage", "graft.merge"])
+def test_lazy_packages_type_check_what_they_export(package):
+    """Each package's `if TYPE_CHECKING:` imports name exactly the lazily exported
+    names, each from the module that defines it."""
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
+    declared = {
+        alias.name: node.module
+        for block in tree.body
+        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert declared == module._exports
+    assert sorted(declared) == module.__all__
+    for name, source in declared.items():
+        assert getattr(module, name) is getattr(importlib.import_module(source), name)
+
+
+def test_a_submodule_named_like_its_function_does_not_hide_it():
+    """`import graft.registry.add` binds the module as an attribute of the package;
+    `registry.add` must stay the function, as an eager `from .add import add` keeps it."""
+    code = (
+        "import graft.registry.add, graft.lineage.diff, graft.registry as r, graft.lineage as l; "
+        "print(r.add.__name__, type(r.add).__name__, l.diff.__name__, type(l.diff).__name__)"
+    )
+    shown = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).split()
+    assert shown == ["add", "function", "diff", "function"]
 
 
 OLD_NAMES = ("registry", "lineage", "merge", "tui")  # importable only as graft.<name>

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import SAMPLES, graft_json
+from tests.conftest import SAMPLES, graft_json, make_model
 
 GRAFT = Path(sys.executable).parent / "graft"
 
@@ -83,6 +83,12 @@ def test_demo_registers_lists_and_shows_lineage(graft):
     again = graft("demo").stdout  # idempotent: nothing new
     assert again.count("already registered") == 5
     assert len(graft_json(graft, "ls")) == 6
+
+
+def test_ls_shows_names_as_they_are(graft, tmp_path):
+    """A name that looks like rich markup is printed, not interpreted."""
+    graft("add", make_model(tmp_path / "m"), "--name", "sft[bold]v2")
+    assert "sft[bold]v2@1" in graft("ls").stdout
 
 
 def test_show_tensors_lists_every_tensor(graft):

@@ -24,7 +24,8 @@ from graft import registry
 from graft.lineage.tensors import load_tensor
 from graft.merge import merge_models, parse_config
 from graft.registry import Store, codecs, transforms
-from graft.registry.repack import repack, usage
+from graft.registry.repack import repack
+from graft.registry.usage import usage
 from tests.conftest import graft_json
 from tests.procs import sha256_files
 from tests.training import make_run

@@ -17,7 +17,6 @@ from graft.registry import ExitCode, GraftError, Store
 from graft.tui import lineage_views, pictures, render
 from graft.tui.cli_options import json_option, plot_option, with_store
 from graft.tui.cli_remote import REMOTE_COMMANDS
-from graft.tui.demo import populate, run_demo
 
 
 class GraftGroup(click.Group):
@@ -784,7 +783,7 @@ def config(store: Store, key: str | None, value: str | None, as_json: bool) -> N
 @with_store
 def du(store: Store, ref: str | None, as_json: bool) -> None:
     """Raw bytes against bytes on disk, for the store and each artifact (or REF)."""
-    from graft.registry.repack import usage
+    from graft.registry.usage import usage
 
     total, rows = usage(store, ref)
     if as_json:
@@ -829,10 +828,9 @@ def rm(store: Store, ref: str, force: bool) -> None:
 
 @cli.command()
 @json_option
-@click.pass_context
-def reindex(ctx: click.Context, as_json: bool) -> None:
+@with_store
+def reindex(store: Store, as_json: bool) -> None:
     """Rebuild the DuckDB catalog from the manifests."""
-    store = Store.open(ctx.obj["store"], check_catalog=False)
     indexed, damaged = registry.reindex(store)
     if as_json:
         render.print_json({"indexed": indexed, "damaged": damaged})
@@ -851,6 +849,8 @@ def reindex(ctx: click.Context, as_json: bool) -> None:
 @with_store
 def demo(store: Store, samples: Path | None) -> None:
     """Register the bundled samples, list them, show a fine-tune's lineage and what it touched."""
+    from graft.tui.demo import run_demo  # yaml and the merge engine: only the demo needs them
+
     run_demo(store, samples)
 
 
@@ -864,6 +864,7 @@ def demo(store: Store, samples: Path | None) -> None:
 def tui_(ctx: click.Context, demo: bool) -> None:
     """Browse artifacts, their lineage and the layers each one touched, in a terminal UI."""
     from graft.tui.app import GraftApp  # only this command needs textual
+    from graft.tui.demo import populate
 
     if not demo:
         GraftApp(ctx.obj["store"]).run()

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from graft.registry import Store
-from graft.tui.pictures import PictureError, picture_format
 
 
 def plot_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -25,6 +24,8 @@ def plot_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _picture_name(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     if value is not None:
+        from graft.tui.pictures import PictureError, picture_format  # only with --plot
+
         try:
             picture_format(value)
         except PictureError as e:

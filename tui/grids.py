@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from graft.lineage import MethodTouches, Touch
-from graft.lineage.diff import DiffRow
+if TYPE_CHECKING:
+    from graft.lineage import DiffRow, MethodTouches, Touch
 
 BLOCK_ORDER = ("embedding", "attention", "mlp", "norm", "head", "other")
 UNTOUCHED = "·"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from graft.lineage import LogEntry, MethodTouches, Touch
-from graft.lineage.diff import DiffRow, Series
+from graft import lineage
 from graft.tui.grids import UNTOUCHED, HeatGrid, Key, layer_label
+
+if TYPE_CHECKING:
+    from graft.lineage import DiffRow, LogEntry, MethodTouches, Series, Touch
 
 
 def _num(value: float | None, fmt: str = ".3g") -> str:
@@ -32,7 +35,7 @@ def _heat(value: float | None) -> str:
 
 def delta_table(rows: Sequence[Touch | DiffRow]) -> Table:
     """One row per tensor: where it is, how much it changed (and against what)."""
-    vs = bool(rows) and isinstance(rows[0], Touch)
+    vs = bool(rows) and isinstance(rows[0], lineage.Touch)
     numeric = ("LAYER", "REL CHANGE", "CHANGED", "STABLE RANK", "RANK", "MAX |Δ|")
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("LAYER", "BLOCK", "MODULE", "TENSOR", *numeric[1:], *(["VS"] if vs else [])):
@@ -55,7 +58,7 @@ def delta_table(rows: Sequence[Touch | DiffRow]) -> Table:
             _num(t.stable_rank, ".2f"),
             "" if t.rank is None else str(t.rank),
             _num(t.max_abs),
-            *([t.parent] if isinstance(t, Touch) else []),
+            *([t.parent] if isinstance(t, lineage.Touch) else []),
         )
     return table
 

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graft.lineage import LogEntry, MethodTouches, Touch
-from graft.lineage.diff import DiffRow, Series
-from graft.registry import GraftError, Manifest
+from graft.registry import GraftError
 from graft.registry.fsutil import write_atomic
 from graft.tui.grids import HeatGrid, Key, layer_label, parents_of
 from graft.tui.lineage_views import edge_params
@@ -30,6 +28,9 @@ if TYPE_CHECKING:
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
     from matplotlib.typing import ColorType
+
+    from graft.lineage import DiffRow, LogEntry, MethodTouches, Series, Touch
+    from graft.registry import Manifest
 
 FORMATS = ("png", "svg")
 DPI = 100

@@ -12,22 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.filesize import decimal as human_size
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
-
-from graft.registry import ArtifactDetail, ArtifactRow, Manifest
 
 if TYPE_CHECKING:
     from graft.merge.executor import MergeProgress  # torch: only for type checking
+    from graft.registry import ArtifactDetail, ArtifactRow, Manifest
 
 # Piped output keeps whole lines instead of squeezing tables to 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
@@ -58,6 +49,15 @@ def to_plain(obj: Any) -> Any:
 @contextlib.contextmanager
 def progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A byte progress bar on stderr (only when stderr is a terminal)."""
+    from rich.progress import (  # not at the top: commands that show no bar start faster
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -80,6 +80,14 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
 @contextlib.contextmanager
 def tensor_progress(description: str) -> Iterator[Callable[[MergeProgress], None]]:
     """Tensors done / total and bytes/s on stderr (only when stderr is a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -118,8 +126,7 @@ def artifact_table(rows: list[ArtifactRow]) -> Table:
     for column in (*columns, "WHERE") if where else columns:
         table.add_column(column, justify="right" if column in ("TENSORS", "SIZE") else "left")
     for r in rows:
-        table.add_row(
-            f"[bold]{r.name}[/]@{r.version}",
+        cells = (
             r.kind,
             r.id[:12],
             str(r.n_tensors),
@@ -129,6 +136,8 @@ def artifact_table(rows: list[ArtifactRow]) -> Table:
             r.created_at.replace("T", " ").removesuffix("Z"),
             *([", ".join(r.where)] if where else []),
         )
+        # Text, not markup: a name like "sft[v2]" is shown as it is.
+        table.add_row(Text.assemble((r.name, "bold"), f"@{r.version}"), *map(Text, cells))
     return table
 
 

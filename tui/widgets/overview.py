@@ -12,7 +12,7 @@ from textual.widgets import Static
 
 from graft.lineage import Touch
 from graft.registry import ArtifactDetail
-from graft.registry.ops import LineageStep
+from graft.registry.listing import LineageStep
 from graft.tui.lineage_views import edge_params
 from graft.tui.render import adapter_label
 
