@@ -308,12 +308,12 @@ def test_add_of_second_version_killed(
 
 # A real `graft add` (the CLI's own entry point) that SIGKILLs itself at one point.
 INJECT = r"""
-import os, signal, sys
+import importlib, os, signal, sys
 from graft import registry
 from graft.registry.blobs import BlobStore
 from graft.tui.cli import main
 
-add_module = sys.modules["graft.registry.add"]
+add_module = importlib.import_module("graft.registry.add")  # the module, not the function
 point = sys.argv[1]
 installs = 0
 
