@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -85,10 +86,12 @@ def test_demo_registers_lists_and_shows_lineage(graft):
     assert len(graft_json(graft, "ls")) == 6
 
 
-def test_ls_shows_names_as_they_are(graft, tmp_path):
-    """A name that looks like rich markup is printed, not interpreted."""
-    graft("add", make_model(tmp_path / "m"), "--name", "sft[bold]v2")
-    assert "sft[bold]v2@1" in graft("ls").stdout
+@pytest.mark.parametrize("name", ["sft[bold]v2", "y[/]z"])
+def test_names_print_as_they_are(graft, tmp_path, name):
+    """A name that looks like rich markup is printed, not interpreted (nor an error)."""
+    graft("add", make_model(tmp_path / "m"), "--name", name)
+    for command in ("ls", "show", "log"):
+        assert f"{name}@1" in graft(command, *([name] if command != "ls" else [])).stdout
 
 
 def test_show_tensors_lists_every_tensor(graft):

@@ -172,32 +172,30 @@ def _added(
     suggestion = None
     if guesser and guesser.asked:  # no declared base: the guess decided
         suggestion = guesser.suggestion
-        render.err.print(_suggestion_note(suggestion, recorded=bool(m.parents)), markup=False)
+        render.err.print(_suggestion_note(suggestion, recorded=bool(m.parents)))
     elif parent is None and not result.existed and not m.parents:
         suggestion = lineage.guess_parent(store, m.files, exclude=m.id)
-        render.err.print(_suggestion_note(suggestion, recorded=False), markup=False)
+        render.err.print(_suggestion_note(suggestion, recorded=False))
     for note in result.skipped:
         if not note.endswith("(sub-folder)") or given is not None:
-            render.err.print(f"graft: skipped {note}", markup=False)
+            render.err.print(f"graft: skipped {note}")
     if parent is None and m.parents and not result.existed and not (guesser and guesser.asked):
         first = store.load_manifest(m.parents[0].id)
         run = lineage.run_of(first.name)
         same_run = run is not None and run in (m.name, lineage.run_of(m.name))
         origin = "the run's checkpoint before it" if same_run else "the base its files declare"
-        render.err.print(f"graft: parent {first.ref} ({origin})", markup=False)
+        render.err.print(f"graft: parent {first.ref} ({origin})")
     if result.existed and given:
         render.err.print(
             f"graft: identical content is already registered as {m.ref}; "
             f"--name, --parent, --method and --meta were not applied; `graft amend {m.ref}` sets "
             "them",
-            markup=False,
         )
     if not as_json:
         verb = "already registered as" if result.existed else "added"
         render.out.print(
             f"{verb} {m.ref} ({m.id[:12]}): {m.kind}, {len(m.tensors)} tensors, "
             f"{render.human_size(m.size)}, {render.human_size(result.bytes_new)} new",
-            markup=False,
         )
     return {
         "id": m.id,
@@ -265,7 +263,6 @@ def amend(
     parents = ", ".join(p.id[:12] for p in m.parents) or "none"
     render.out.print(
         f"amended {m.ref} ({m.id[:12]}): method {m.method or '-'}, parents {parents}",
-        markup=False,
     )
 
 
@@ -365,7 +362,7 @@ def touched(
             render.print_json(by_method)
         else:
             render.out.print(lineage_views.method_grid(by_method))
-            render.out.print("artifacts: " + ", ".join(by_method.artifacts), markup=False)
+            render.out.print("artifacts: " + ", ".join(by_method.artifacts))
         if plot:
             _drew(pictures.method_heatmap(by_method, plot))
         return
@@ -389,7 +386,7 @@ def touched(
 
 
 def _drew(picture: pictures.Picture) -> None:
-    render.err.print(f"wrote {picture.path}", markup=False)
+    render.err.print(f"wrote {picture.path}")
 
 
 @cli.group("lineage")
@@ -403,7 +400,7 @@ def lineage_group() -> None:
 def lineage_recompute(store: Store, ref: str | None) -> None:
     """Recompute what REF (default: every artifact) changed against its parents."""
     pairs = lineage.recompute(store, ref)
-    render.out.print(f"recomputed the deltas of {pairs} (artifact, parent) pairs", markup=False)
+    render.out.print(f"recomputed the deltas of {pairs} (artifact, parent) pairs")
 
 
 @cli.command()
@@ -462,7 +459,7 @@ def report(store: Store, ref: str, out: Path | None) -> None:
     if out is None:
         m = store.resolve_ref(ref)
         out = Path(f"{m.name.replace('/', '_')}-{m.version}.html")
-    render.err.print(f"wrote {write_report(store, ref, out)}", markup=False)
+    render.err.print(f"wrote {write_report(store, ref, out)}")
 
 
 def merge_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -614,10 +611,9 @@ def _report_merge(outcome: Any, as_json: bool) -> None:
     render.out.print(
         f"wrote {r.out_dir} ({r.tensors} tensors in {len(r.files)} file(s), "
         f"{render.human_size(r.bytes_written)}, {len(r.touched)} changed) in {r.seconds:.1f} s",
-        markup=False,
     )
     if m:
-        render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`", markup=False)
+        render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`")
 
 
 def _needs_store(config: Any) -> bool:
@@ -663,7 +659,7 @@ def export(store: Store, ref: str, out_dir: Path) -> None:
     """Write an artifact's files, byte-identical to those added, into OUT_DIR."""
     with render.progress(f"exporting {ref}") as on_progress:
         m = registry.export(store, ref, out_dir, on_progress)
-    render.err.print(f"exported {m.ref} ({len(m.files)} files) to {out_dir}", markup=False)
+    render.err.print(f"exported {m.ref} ({len(m.files)} files) to {out_dir}")
 
 
 @cli.command()
@@ -677,7 +673,7 @@ def verify(store: Store, ref: str | None, as_json: bool) -> None:
         render.print_json({"ok": report.ok, **render.to_plain(report)})
     else:
         for problem in report.problems:
-            render.out.print(str(problem), markup=False)
+            render.out.print(str(problem))
         status = "ok" if report.ok else f"{len(report.problems)} problems"
         render.err.print(f"verified {report.artifacts} artifacts, {report.blobs} blobs: {status}")
     if not report.ok:
@@ -709,7 +705,7 @@ def sql(store: Store, query: str, as_json: bool) -> None:
 def export_catalog(store: Store, out_dir: Path) -> None:
     """Write every catalog table as Parquet, for pandas, Polars, Spark, ..."""
     for path in lineage.export_catalog(store, out_dir):
-        render.out.print(str(path), markup=False)
+        render.out.print(str(path))
 
 
 @cli.command()
@@ -726,7 +722,6 @@ def gc(store: Store, dry_run: bool, as_json: bool) -> None:
     render.out.print(
         f"{verb} {result.blobs_removed} blobs ({render.human_size(result.bytes_freed)}) "
         f"and {result.temp_files_removed} temp files",
-        markup=False,
     )
 
 
@@ -749,7 +744,6 @@ def repack(store: Store, ref: str | None, workers: int | None, as_json: bool) ->
     render.out.print(
         f"encoded {result.encoded} blobs, kept {result.kept_raw} raw: "
         f"{render.human_size(result.bytes_before)} → {render.human_size(result.bytes_after)}",
-        markup=False,
     )
 
 
@@ -774,7 +768,7 @@ def config(store: Store, key: str | None, value: str | None, as_json: bool) -> N
         render.print_json(asdict(current))
     else:
         for k, v in asdict(current).items():
-            render.out.print(f"{k} = {str(v).lower()}", markup=False)
+            render.out.print(f"{k} = {str(v).lower()}")
 
 
 @cli.command()
@@ -821,9 +815,7 @@ def du(store: Store, ref: str | None, as_json: bool) -> None:
 def rm(store: Store, ref: str, force: bool) -> None:
     """Unregister an artifact (its blobs are freed by `graft gc`)."""
     m = registry.remove(store, ref, force=force)
-    render.out.print(
-        f"removed {m.ref} ({m.id[:12]}); run `graft gc` to free its blobs", markup=False
-    )
+    render.out.print(f"removed {m.ref} ({m.id[:12]}); run `graft gc` to free its blobs")
 
 
 @cli.command()
@@ -835,9 +827,9 @@ def reindex(store: Store, as_json: bool) -> None:
     if as_json:
         render.print_json({"indexed": indexed, "damaged": damaged})
     else:
-        render.out.print(f"indexed {indexed} artifacts", markup=False)
+        render.out.print(f"indexed {indexed} artifacts")
     for path in damaged:
-        render.err.print(f"graft: skipped damaged manifest {path}", markup=False)
+        render.err.print(f"graft: skipped damaged manifest {path}")
 
 
 @cli.command()
@@ -871,7 +863,7 @@ def tui_(ctx: click.Context, demo: bool) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="graft-demo-") as scratch:
         store = Store.open(Path(scratch) / "store")
-        render.err.print("graft: filling a demo store with the bundled samples…", markup=False)
+        render.err.print("graft: filling a demo store with the bundled samples…")
         populate(store)
         GraftApp(store.root).run()
 

@@ -32,7 +32,7 @@ def remote_add(store: Store, name: str, url: str, endpoint_url: str | None, forc
     AWS_PROFILE, ~/.aws) and are never stored.
     """
     remote = registry.add_remote(store, name, url, endpoint_url, force=force)
-    render.err.print(f"added remote {remote.name} → {remote.url}", markup=False)
+    render.err.print(f"added remote {remote.name} → {remote.url}")
 
 
 @remote_group.command("list")
@@ -47,7 +47,7 @@ def remote_list(store: Store, as_json: bool) -> None:
         render.err.print("no remotes; add one with `graft remote add NAME s3://BUCKET/PREFIX`")
     for r in [] if as_json else remotes:
         endpoint = f"  ({r.endpoint_url})" if r.endpoint_url else ""
-        render.out.print(f"{r.name}  {r.url}{endpoint}", markup=False)
+        render.out.print(f"{r.name}  {r.url}{endpoint}")
 
 
 @remote_group.command("remove")
@@ -56,7 +56,7 @@ def remote_list(store: Store, as_json: bool) -> None:
 def remote_remove(store: Store, name: str) -> None:
     """Forget remote NAME (nothing on it is deleted)."""
     registry.remove_remote(store, name)
-    render.err.print(f"removed remote {name}", markup=False)
+    render.err.print(f"removed remote {name}")
 
 
 @click.command()
@@ -83,10 +83,8 @@ def push(
         return
     for a in result.artifacts:
         state = "claimed" if a.new else "already there as"
-        render.err.print(f"{a.ref}: {state} {result.remote}:{a.claim}", markup=False)
-    render.err.print(
-        f"sent {result.blobs_sent} blobs, {render.human_size(result.bytes_sent)}", markup=False
-    )
+        render.err.print(f"{a.ref}: {state} {result.remote}:{a.claim}")
+    render.err.print(f"sent {result.blobs_sent} blobs, {render.human_size(result.bytes_sent)}")
 
 
 @click.command()
@@ -107,7 +105,6 @@ def fetch(store: Store, remote: str | None, as_json: bool) -> None:
         render.error(f"graft: refused from {result.remote}: {problem}")
     render.err.print(
         f"{result.remote}: {result.claims} versions, {result.new_manifests} new artifacts",
-        markup=False,
     )
 
 
@@ -133,10 +130,9 @@ def pull(
         render.print_json(result)
         return
     for ref in result.artifacts:
-        render.err.print(f"pulled {ref}", markup=False)
+        render.err.print(f"pulled {ref}")
     render.err.print(
         f"received {result.blobs_received} blobs, {render.human_size(result.bytes_received)}",
-        markup=False,
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.text import Text
 
 from graft import lineage, registry
 from graft.registry import Store
@@ -28,7 +29,7 @@ PLAN = (
 
 def run_demo(store: Store, samples: Path | None = None) -> None:
     samples = samples or SAMPLES
-    render.err.print(f"store: {store.root}", markup=False)
+    render.err.print(f"store: {store.root}")
     for folder, parent, method in PLAN:
         result = lineage.register(
             samples / folder, store=store, name=folder, parent=parent, method=method
@@ -37,18 +38,18 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
         state = (
             "already registered" if result.existed else f"{render.human_size(result.bytes_new)} new"
         )
-        render.out.print(f"[bold]$ graft add {folder}[/]  → {m.ref} ({m.kind}, {state})")
-    render.out.print("\n[bold]$ graft ls[/]")
+        _command(f"add {folder}", f"  → {m.ref} ({m.kind}, {state})", gap=False)
+    _command("ls")
     render.out.print(render.artifact_table(registry.list_artifacts(store)))
-    render.out.print("\n[bold]$ graft show tiny-llama-sft[/]")
+    _command("show tiny-llama-sft")
     for part in render.detail_view(registry.show(store, "tiny-llama-sft"), tensors=False):
         render.out.print(part)
-    render.out.print("\n[bold]$ graft touched tiny-llama-sft[/]  (grid only)")
+    _command("touched tiny-llama-sft", "  (grid only)")
     touches = lineage.touched(store, "tiny-llama-sft")
     title = "largest relative change per module (· untouched)"
     layers = lineage.layers_of(store, "tiny-llama-sft")
     render.out.print(lineage_views.touched_grid(touches, title, layers))
-    render.out.print("\n[bold]$ graft touched --method lora[/]")
+    _command("touched --method lora")
     render.out.print(lineage_views.method_grid(lineage.touched_by_method(store, "lora")))
     _merge(store)
 
@@ -82,20 +83,24 @@ def _merge_soup(store: Store) -> Any:
 
 
 def _merge(store: Store) -> None:
-    render.out.print("\n[bold]$ graft merge demo-soup.yaml --out demo-soup[/]")
-    render.out.print(yaml.safe_dump(MERGE_CONFIG, sort_keys=False).strip(), markup=False)
+    _command("merge demo-soup.yaml --out demo-soup")
+    render.out.print(yaml.safe_dump(MERGE_CONFIG, sort_keys=False).strip())
     out = _merge_soup(store)
     assert out.manifest is not None
     r = out.result
     render.out.print(
         f"→ {out.manifest.ref}: {r.tensors} tensors, {len(r.touched)} changed against the base",
-        markup=False,
     )
-    render.out.print(f"\n[bold]$ graft log {out.manifest.ref}[/]")
+    _command(f"log {out.manifest.ref}")
     me, entries = lineage.log(store, out.manifest.ref)
     render.out.print(lineage_views.log_tree(me, entries, children=False))
-    render.out.print(f"\n[bold]$ graft touched {out.manifest.ref}[/]  (grid only)")
+    _command(f"touched {out.manifest.ref}", "  (grid only)")
     touches = lineage.touched(store, out.manifest.ref)
     layers = lineage.layers_of(store, out.manifest.ref)
     title = "largest relative change per module vs the base (· untouched)"
     render.out.print(lineage_views.touched_grid(touches, title, layers))
+
+
+def _command(command: str, after: str = "", *, gap: bool = True) -> None:
+    """The command a step shows, in bold, as the user would type it."""
+    render.out.print(Text.assemble("\n" if gap else "", (f"$ graft {command}", "bold"), after))

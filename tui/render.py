@@ -20,15 +20,17 @@ if TYPE_CHECKING:
     from graft.merge.executor import MergeProgress  # torch: only for type checking
     from graft.registry import ArtifactDetail, ArtifactRow, Manifest
 
-# Piped output keeps whole lines instead of squeezing tables to 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output keeps whole lines instead of squeezing tables to 80 columns. No
+# markup: names, paths and tensor names come from users' files and print as
+# they are ("x[/]" would otherwise be a markup error); styles are Text spans.
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 400)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def error(message: str) -> None:
     """One red line on stderr; control characters in names are shown escaped."""
     line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    err.print(line, style="red", markup=False, highlight=False)
+    err.print(line, style="red")
 
 
 def print_json(obj: Any) -> None:
@@ -173,7 +175,7 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("artifact", f"{m.ref}  [dim]{m.id}[/]")
+    summary.add_row("artifact", Text.assemble(m.ref, "  ", (m.id, "dim")))
     summary.add_row("kind", m.kind)
     summary.add_row("method", m.method or "-")
     if detail.adapter_type:
@@ -204,14 +206,15 @@ def detail_view(detail: ArtifactDetail, *, tensors: bool) -> list[Any]:
 
 
 def _lineage_tree(detail: ArtifactDetail) -> Tree:
-    tree = Tree(f"[bold]lineage[/] of {detail.manifest.ref}")
+    tree = Tree(Text.assemble(("lineage", "bold"), f" of {detail.manifest.ref}"))
     nodes = {0: tree}
     for step in detail.ancestors:
         how = step.relation + (f" by {step.method}" if step.method else "")
         parent = nodes.get(step.depth - 1, tree)
-        nodes[step.depth] = parent.add(f"{step.ref} [dim]({step.kind}, {step.id[:12]})[/] ← {how}")
+        label = Text.assemble(step.ref, (f" ({step.kind}, {step.id[:12]})", "dim"), f" ← {how}")
+        nodes[step.depth] = parent.add(label)
     if not detail.ancestors:
-        tree.add("[dim]no recorded parents[/]")
+        tree.add(Text("no recorded parents", style="dim"))
     return tree
 
 
