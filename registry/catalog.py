@@ -57,7 +57,7 @@ class Catalog:
         """A read-only connection; `sandboxed` also denies it any file or network
         access beyond the catalog (for users' own SQL)."""
         if not self.checked and not self.path.exists():
-            self._migrate()
+            self._upgrade()
         with self._lock(shared=True):
             con = self._connect(read_only=True, sandboxed=sandboxed)
             try:
@@ -67,7 +67,7 @@ class Catalog:
                     return
             finally:
                 con.close()
-        self._migrate()  # outside the shared lock, which a writer could not take
+        self._upgrade()  # outside the shared lock, which a writer could not take
         with self.reading(sandboxed=sandboxed) as con:
             yield con
 
@@ -87,7 +87,8 @@ class Catalog:
             finally:
                 con.close()
 
-    def _migrate(self) -> None:
+    def _upgrade(self) -> None:
+        """Migrate (a writer's first connection does), then let readers in again."""
         with self.writing():
             pass
 
