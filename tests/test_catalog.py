@@ -140,6 +140,27 @@ def test_catalog_heals_from_manifests_at_the_next_write(graft, store: Store, tmp
     assert len(list_artifacts(store)) == 4
 
 
+def test_a_reader_migrates_an_older_catalog_first(graft, store: Store):
+    """The first read of a process finds the schema behind (a graft upgrade),
+    migrates it, and reads the same rows as before."""
+    _demo(graft)
+    before = _dump(store)
+    with duckdb.connect(str(store.catalog.path)) as con:  # as the previous graft left it
+        con.execute("ALTER TABLE artifacts DROP COLUMN adapter_type")
+        con.execute("ALTER TABLE artifacts DROP COLUMN amended")
+        con.execute("DELETE FROM schema_migrations WHERE version = ?", [len(MIGRATIONS)])
+    fresh = Store.open(store.root)  # a new process: nothing checked yet
+    assert [r.adapter_type for r in list_artifacts(fresh)] == [None, "lora", None]
+    assert _dump(fresh) == before
+
+
+def test_a_reader_rebuilds_a_missing_catalog_from_the_manifests(graft, store: Store):
+    _demo(graft)
+    before = _dump(store)
+    store.catalog.path.unlink()
+    assert _dump(Store.open(store.root)) == before
+
+
 def test_rm_refuses_a_parent_then_gc_frees_only_unreferenced_blobs(graft, store: Store):
     _demo(graft)
     blobs_before = set(store.blobs.keys())
