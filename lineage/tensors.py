@@ -28,17 +28,21 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def load_tensor(store: Store, record: TensorRecord) -> torch.Tensor:
-    """The tensor's values in its own dtype (one read of its blob)."""
+def load_tensor(
+    store: Store, record: TensorRecord, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The tensor's values in its own dtype (one read of its blob), in the uint8
+    buffer `into` (of its byte size) when given."""
     dtype = TORCH_DTYPES[record.dtype]
-    data = bytearray(record.nbytes)  # read straight into the tensor's memory: no second copy
+    if not record.nbytes:
+        return torch.empty(record.shape, dtype=dtype)
+    # read straight into the tensor's memory: no second copy
+    data = torch.empty(record.nbytes, dtype=torch.uint8) if into is None else into
     with store.blobs.open(record.blob, record.name) as blob:
         if blob.size != record.nbytes:
             raise CorruptBlob(
                 f"{blob.what} holds {blob.size} bytes, not its {record.nbytes}",
                 "run `graft verify`",
             )
-        blob.readinto(0, data)
-    if not data:
-        return torch.empty(record.shape, dtype=dtype)
-    return torch.frombuffer(data, dtype=dtype).reshape(record.shape)
+        blob.readinto(0, memoryview(data.numpy()))
+    return data.view(dtype).reshape(record.shape)

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from graft.lineage.tensors import TORCH_DTYPES
+from graft.merge.buffers import BufferPool
 from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from graft.merge.inputs import FoldedModel, span_tensor
+from graft.merge.inputs import FoldedModel, LocalModel, StoredModel, span_tensor
 from graft.merge.methods import TensorIn, TensorJob
 from graft.merge.output import companion_files, lineage_metadata, model_card, write_companions
 from graft.merge.plan import MergePlan, TensorRef, TensorTask
@@ -161,7 +162,15 @@ def _device(name: str) -> torch.device:
     return device
 
 
-Loaded = tuple[TensorIn | None, list[TensorIn]]
+@dataclass
+class Loaded:
+    """One task's inputs, and the pooled buffers that hold their bytes."""
+
+    base: TensorIn | None
+    inputs: list[TensorIn]
+    buffers: list[torch.Tensor]
+
+
 # Tensors larger than this are not read whole: the formulas read them a span at
 # a time (an embedding of a big vocabulary would otherwise sit in memory once
 # per input), at the price of reading them once per pass.
@@ -181,38 +190,51 @@ def _execute(
     writer = ShardWriter(work, planned, shard_size, lineage_metadata(plan))
     touched: list[str] = []
     done_bytes = 0
+    # A task's buffers are reused once its output is written: until then the
+    # output may be one of its inputs (passthrough at scale 1, a copied tensor).
+    pool = BufferPool(limit=4 * READ_WHOLE_BELOW)
 
-    def read(ref: TensorRef) -> TensorIn:
+    def whole(ref: TensorRef, buffers: list[torch.Tensor]) -> torch.Tensor:
+        source = plan.sources[ref.source]
+        nbytes = source.tensors[ref.name].nbytes
+        if not isinstance(source, LocalModel | StoredModel) or not nbytes:
+            return source.load(ref.name)
+        buffers.append(pool.take(nbytes))
+        return source.load(ref.name, buffers[-1])
+
+    def read(ref: TensorRef, buffers: list[torch.Tensor]) -> TensorIn:
         source = plan.sources[ref.source]
         large = source.tensors[ref.name].nbytes > READ_WHOLE_BELOW
         lazy = span_tensor(source, ref.name, device) if large else None
-        return lazy if lazy is not None else source.load(ref.name)
+        return lazy if lazy is not None else whole(ref, buffers)
 
     def load(task: TensorTask) -> Loaded:
-        if task.copy:  # small and compared whole
-            base = plan.sources[task.base.source].load(task.base.name) if task.base else None
-            return base, [plan.sources[r.source].load(r.name) for r in task.inputs]
-        return (read(task.base) if task.base else None), [read(r) for r in task.inputs]
+        buffers: list[torch.Tensor] = []
+        get = whole if task.copy else read  # copied tensors are small and compared whole
+        base = get(task.base, buffers) if task.base else None
+        return Loaded(base, [get(r, buffers) for r in task.inputs], buffers)
 
     # Three stages overlap: the reader loads tensor i+1 and the writer writes
     # tensor i-1 while tensor i is merged.
     reader = ThreadPoolExecutor(1, thread_name_prefix="graft-read")
     writing = ThreadPoolExecutor(1, thread_name_prefix="graft-write")
     written: Future[None] | None = None
+    writing_buffers: list[torch.Tensor] = []
     try:
         pending = reader.submit(load, plan.tasks[0])
         for i, task in enumerate(plan.tasks):
             if should_cancel and should_cancel():
                 raise MergeCancelled("merge cancelled", "nothing was written to the output")
-            base, inputs = pending.result()
+            loaded = pending.result()
             if i + 1 < len(plan.tasks):
                 pending = reader.submit(load, plan.tasks[i + 1])
-            out, changed = _merge_one(plan, task, base, inputs, seed, device)
-            del base, inputs
+            out, changed = _merge_one(plan, task, loaded, seed, device, pool)
             if written is not None:
                 written.result()
+                pool.give(writing_buffers)
             written = writing.submit(writer.write, task.name, out)
-            del out
+            writing_buffers = loaded.buffers
+            del out, loaded
             if changed:
                 touched.append(task.name)
             done_bytes += task.nbytes
@@ -233,13 +255,15 @@ def _execute(
 def _merge_one(
     plan: MergePlan,
     task: TensorTask,
-    base: TensorIn | None,
-    inputs: list[TensorIn],
+    loaded: Loaded,
     seed: int,
     device: torch.device,
+    pool: BufferPool,
 ) -> tuple[torch.Tensor, bool]:
     """(the output tensor on the CPU in its output dtype, whether it differs
-    from the base — or the first input when there is none)."""
+    from the base — or the first input when there is none). The output's memory
+    comes from `pool` and joins the task's buffers."""
+    base, inputs = loaded.base, loaded.inputs
     reference = base if base is not None else inputs[0]
     if task.copy:
         assert isinstance(reference, torch.Tensor)
@@ -252,6 +276,10 @@ def _merge_one(
                 )
         return reference, False
     # Inputs stay in their own dtype; the formula computes in fp32 span by span.
+    out_dtype, out = TORCH_DTYPES[task.dtype], None
+    if device.type == "cpu":
+        loaded.buffers.append(pool.take(task.nbytes))
+        out = loaded.buffers[-1].view(out_dtype).reshape(task.shape)
     job = TensorJob(
         name=task.name,
         base=_on(base, device) if base is not None else None,
@@ -259,7 +287,8 @@ def _merge_one(
         input_params=task.input_params,
         params=task.params,
         seed=seed,
-        out_dtype=TORCH_DTYPES[task.dtype],
+        out_dtype=out_dtype,
+        out=out,
     )
     out = plan.config.method.merge(job).cpu()
     first = plan.sources[task.inputs[0].source]

@@ -92,8 +92,8 @@ class StoredModel:
     def path(self) -> None:
         return None
 
-    def load(self, name: str) -> torch.Tensor:
-        return load_tensor(self.store, self._records[name])
+    def load(self, name: str, into: torch.Tensor | None = None) -> torch.Tensor:
+        return load_tensor(self.store, self._records[name], into)
 
     def load_f32(self, name: str) -> torch.Tensor:
         return self.load(name).to(torch.float32)
@@ -138,13 +138,12 @@ class LocalModel:
     def artifact_id(self) -> None:
         return None
 
-    def load(self, name: str) -> torch.Tensor:
+    def load(self, name: str, into: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor, read into the uint8 buffer `into` (of its byte size) when given."""
         header, offset, nbytes = self._where[name]
         info = self.tensors[name]
-        data = _read_exact(header.path, offset, nbytes, name)
-        if not nbytes:
-            return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
-        return torch.frombuffer(data, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape)
+        data = _read_exact(header.path, offset, nbytes, name, into)
+        return data.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
     def load_f32(self, name: str) -> torch.Tensor:
         return self.load(name).to(torch.float32)
@@ -201,7 +200,7 @@ class SpanTensor:
     """A large float tensor read a span of elements at a time (from a blob or a
     safetensors file): what the merge formulas see of very large tensors."""
 
-    read: Callable[[int, int], bytearray]  # (byte offset in the tensor, length) -> bytes
+    read: Callable[[int, int], torch.Tensor]  # (byte offset in the tensor, length) -> uint8
     shape: torch.Size
     dtype: torch.dtype
     device: torch.device
@@ -215,12 +214,15 @@ class SpanTensor:
     def span(self, span: slice) -> torch.Tensor:
         size = self.dtype.itemsize
         data = self.read(span.start * size, (span.stop - span.start) * size)
-        return torch.frombuffer(data, dtype=self.dtype).to(self.device)
+        return data.view(self.dtype).to(self.device)
 
 
-def _read_exact(path: Path, offset: int, nbytes: int, what: str) -> bytearray:
-    """`nbytes` at `offset`, read straight into the buffer a tensor will use."""
-    data = bytearray(nbytes)
+def _read_exact(
+    path: Path, offset: int, nbytes: int, what: str, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`nbytes` at `offset`, read straight into the uint8 buffer a tensor will use
+    (`into`, when given; torch.empty does not zero a fresh one)."""
+    data = torch.empty(nbytes, dtype=torch.uint8) if into is None else into
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:  # e.g. a blob deleted from a damaged store
@@ -229,7 +231,7 @@ def _read_exact(path: Path, offset: int, nbytes: int, what: str) -> bytearray:
             "run `graft verify` if it is in the store, then re-add what it reports",
         ) from e
     try:
-        got = os.preadv(fd, [data], offset) if nbytes else 0
+        got = os.preadv(fd, [memoryview(data.numpy())], offset) if nbytes else 0
     finally:
         os.close(fd)
     if got != nbytes:
@@ -248,9 +250,9 @@ def span_tensor(source: ModelSource, name: str, device: torch.device) -> SpanTen
     if isinstance(source, StoredModel):
         blob = source.store.blobs.open(source._records[name].blob, name)
 
-        def read_blob(offset: int, nbytes: int) -> bytearray:
-            data = bytearray(nbytes)
-            blob.readinto(offset, data)
+        def read_blob(offset: int, nbytes: int) -> torch.Tensor:
+            data = torch.empty(nbytes, dtype=torch.uint8)
+            blob.readinto(offset, memoryview(data.numpy()))
             blob.prefetch(offset + nbytes, nbytes)  # the next span decodes while this merges
             return data
 
@@ -259,7 +261,7 @@ def span_tensor(source: ModelSource, name: str, device: torch.device) -> SpanTen
         header, start, _ = source._where[name]
         path = header.path
 
-        def read_file(offset: int, nbytes: int) -> bytearray:
+        def read_file(offset: int, nbytes: int) -> torch.Tensor:
             return _read_exact(path, start + offset, nbytes, "a tensor")
 
         return SpanTensor(read_file, shape, dtype, device)

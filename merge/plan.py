@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 from graft.lineage.names import place_of, with_layer
@@ -78,7 +79,7 @@ class MergePlan:
     # that the files written name it (`output.parents`).
     registered: Mapping[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property  # asked after every tensor, for progress
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tasks)
 

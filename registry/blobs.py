@@ -448,7 +448,7 @@ class BlobReader:
         future.add_done_callback(self._in_flight.discard)
         return future
 
-    def readinto(self, offset: int, buf: bytearray) -> None:
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
         """Fill `buf` with the raw bytes from `offset`, with no copy in between."""
         self._check_range(offset, len(buf))
         if not buf:

@@ -626,24 +626,22 @@ def test_merge_does_not_modify_its_inputs():
     assert all(torch.equal(a, b) for a, b in zip(copies, [job.base, *job.inputs], strict=True))
 
 
-@pytest.mark.parametrize("keep_bits", [True, False])
-@pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties"])
-def test_radix_selection_equals_kthvalue(
-    kind: str, keep_bits: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from graft.merge.methods import _kth_largest
-
-    if not keep_bits:  # large tensors compute their values again for the second pass
-        monkeypatch.setattr(methods, "_KEEP_BITS_BELOW", 0)
-
-    n = 100_003
+def _magnitudes(kind: str, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
-    values = {
+    return {
         "normal": torch.randn(n, generator=g).abs(),
         "few values": torch.randint(0, 5, (n,), generator=g).float(),
         "constant": torch.ones(n),
         "zeros and ties": torch.randint(0, 2, (n,), generator=g).float() * 0.015625,
     }[kind]
+
+
+@pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties"])
+def test_radix_selection_equals_kthvalue(kind: str) -> None:
+    from graft.merge.methods import _kth_largest
+
+    n = 100_003
+    values = _magnitudes(kind, n)
     spans = [values[i : i + 997] for i in range(0, n, 997)]  # many uneven spans
     for k in (1, 17, n // 3, n // 2, n - 1, n):
         rank = _kth_largest(lambda: iter(spans), k, n)
@@ -651,6 +649,33 @@ def test_radix_selection_equals_kthvalue(
         assert rank.bits == int(expected.view(torch.int32)), k
         assert rank.above == int((values > expected).sum())
         assert rank.equal == int((values == expected).sum())
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "few values", "zeros and ties"])
+def test_rank_masks_keep_the_k_extreme_values_lowest_index_first(
+    kind: str, in_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a stable sort: the k largest (smallest) |δ|, equal ones by index."""
+    from graft.merge.methods import _rank_mask
+
+    if not in_memory:  # large tensors stream: radix passes, then a compare per span
+        monkeypatch.setattr(methods, "_IN_MEMORY_BELOW", 0)
+    n = 10_007
+    values = _magnitudes(kind, n) * torch.where(torch.arange(n) % 3 == 0, -1.0, 1.0)
+    spans = [values[i : i + 997] for i in range(0, n, 997)]
+    for largest in (True, False):
+        order = torch.sort(values.abs(), descending=largest, stable=True).indices
+        for k in (0, 1, 17, n // 3, n // 2, n - 1):
+            masker = _rank_mask(lambda: iter(spans), n, k, largest=largest)
+            assert masker is not None
+            for _ in range(2):  # a second pass after reset gives the same mask
+                masker.reset()
+                got = torch.cat([masker(span.abs()) for span in spans])
+                want = torch.zeros(n, dtype=torch.bool)
+                want[order[:k]] = True
+                assert torch.equal(got, want), (largest, k)
+        assert _rank_mask(lambda: iter(spans), n, n, largest=largest) is None
 
 
 @pytest.fixture(params=["one span", "many spans"], autouse=True)
