@@ -44,5 +44,5 @@ def load_tensor(
                 f"{blob.what} holds {blob.size} bytes, not its {record.nbytes}",
                 "run `graft verify`",
             )
-        blob.readinto(0, memoryview(data.numpy()))
+        blob.readinto(0, data.numpy().data)
     return data.view(dtype).reshape(record.shape)

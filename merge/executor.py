@@ -246,8 +246,8 @@ def _execute(
             written.result()
         writer.finish({"graft.touched": json.dumps(touched)})
     finally:
-        for pool in (reader, writing):
-            pool.shutdown(wait=True, cancel_futures=True)
+        for threads in (reader, writing):
+            threads.shutdown(wait=True, cancel_futures=True)
         writer.close()
     return Written(writer.files, len(plan.tasks), plan.total_bytes, touched, companion_files(plan))
 

@@ -231,7 +231,7 @@ def _read_exact(
             "run `graft verify` if it is in the store, then re-add what it reports",
         ) from e
     try:
-        got = os.preadv(fd, [memoryview(data.numpy())], offset) if nbytes else 0
+        got = os.preadv(fd, [data.numpy().data], offset) if nbytes else 0
     finally:
         os.close(fd)
     if got != nbytes:
@@ -252,7 +252,7 @@ def span_tensor(source: ModelSource, name: str, device: torch.device) -> SpanTen
 
         def read_blob(offset: int, nbytes: int) -> torch.Tensor:
             data = torch.empty(nbytes, dtype=torch.uint8)
-            blob.readinto(offset, memoryview(data.numpy()))
+            blob.readinto(offset, data.numpy().data)
             blob.prefetch(offset + nbytes, nbytes)  # the next span decodes while this merges
             return data
 
