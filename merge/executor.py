@@ -192,7 +192,7 @@ def _execute(
     done_bytes = 0
     # A task's buffers are reused once its output is written: until then the
     # output may be one of its inputs (passthrough at scale 1, a copied tensor).
-    pool = BufferPool(limit=4 * READ_WHOLE_BELOW)
+    pool = BufferPool(limit=READ_WHOLE_BELOW)
 
     def whole(ref: TensorRef, buffers: list[torch.Tensor]) -> torch.Tensor:
         source = plan.sources[ref.source]
