@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     from graft.merge.api import MergeOutcome, fold_adapter, merge_models
     from graft.merge.config import MergeConfig, load_config, parse_config
     from graft.merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
-    from graft.merge.executor import MergeProgress, MergeResult, run
+    from graft.merge.executor import run
     from graft.merge.methods import METHODS, Method, Param, TensorJob, get_method
     from graft.merge.plan import MergePlan, build_plan
+    from graft.merge.results import MergeProgress, MergeResult
 
 __all__ = lazy_exports(
     __name__,
@@ -27,8 +28,9 @@ __all__ = lazy_exports(
             "MergeConfigError",
             "MergeInputError",
         ),
-        "graft.merge.executor": ("MergeProgress", "MergeResult", "run"),
+        "graft.merge.executor": ("run",),
         "graft.merge.methods": ("METHODS", "Method", "Param", "TensorJob", "get_method"),
         "graft.merge.plan": ("MergePlan", "build_plan"),
+        "graft.merge.results": ("MergeProgress", "MergeResult"),
     },
 )

@@ -17,10 +17,11 @@ from graft.lineage.record import ensure_deltas
 from graft.lineage.register import register
 from graft.merge.config import MergeConfig, parse_config
 from graft.merge.errors import MergeConfigError
-from graft.merge.executor import DEFAULT_SHARD_SIZE, MergeProgress, MergeResult, run
+from graft.merge.executor import DEFAULT_SHARD_SIZE, run
 from graft.merge.inputs import open_model
 from graft.merge.output import parents, provenance
 from graft.merge.plan import MergePlan, build_plan
+from graft.merge.results import MergeProgress, MergeResult
 from graft.registry import ArtifactNotFound, Manifest, Parent, Store, add
 from graft.registry.repack import after_add, repack_mode
 

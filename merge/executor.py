@@ -29,45 +29,12 @@ from graft.merge.inputs import FoldedModel, LocalModel, StoredModel, span_tensor
 from graft.merge.methods import TensorIn, TensorJob
 from graft.merge.output import companion_files, lineage_metadata, model_card, write_companions
 from graft.merge.plan import MergePlan, TensorRef, TensorTask
+from graft.merge.results import MergeProgress, MergeResult, Written
+from graft.merge.run_adapters import execute_adapters
 from graft.merge.writer import PlannedTensor, ShardWriter
 from graft.registry.fsutil import fsync_dir
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
-
-
-@dataclass(frozen=True)
-class MergeProgress:
-    tensors_done: int
-    tensors_total: int
-    bytes_done: int  # output bytes written
-    bytes_total: int
-    tensor: str  # the one just written
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    out_dir: Path
-    files: tuple[str, ...]
-    tensors: int
-    bytes_written: int
-    touched: tuple[str, ...]  # output tensors that differ from the base (or first input)
-    seconds: float
-    rank: int | None = None  # of a merged adapter
-    truncation_error: float | None = None  # largest relative error of its SVD rank cut
-
-
-@dataclass(frozen=True)
-class Written:
-    """What an executor put in the work folder."""
-
-    files: list[str]
-    tensors: int
-    nbytes: int
-    touched: list[str]
-    companions: dict[str, bytes]  # files to write besides the README
-    note: str = ""  # a line for the model card
-    rank: int | None = None
-    truncation_error: float | None = None
 
 
 def run(
@@ -94,8 +61,6 @@ def run(
     os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
     try:
         if plan.merges_adapters:
-            from graft.merge.run_adapters import execute_adapters  # it imports this module
-
             written = execute_adapters(
                 plan, work, seed, _device(device), rank, on_progress, should_cancel
             )

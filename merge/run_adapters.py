@@ -23,10 +23,10 @@ from graft.merge.adapters import (
     truncated,
 )
 from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from graft.merge.executor import MergeProgress, Written
 from graft.merge.methods import TensorJob
 from graft.merge.output import lineage_metadata
 from graft.merge.plan import MergePlan, TensorTask
+from graft.merge.results import MergeProgress, Written
 from graft.merge.writer import PlannedTensor, ShardWriter
 from graft.registry.safetensors_header import DTYPE_BITS
 

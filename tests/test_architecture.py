@@ -247,3 +247,57 @@ def test_the_package_exposes_its_api_lazily():
     assert graft.lineage.register is graft.register  # subpackages are attributes too
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = graft.nope  # type: ignore[attr-defined]
+
+
+def _graft_imports(path: Path, package: str) -> set[str]:
+    """The graft modules `path` imports anywhere in it (functions included), except
+    under `if TYPE_CHECKING:`."""
+    tree = ast.parse(path.read_text())
+    checking = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in checking:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("graft.")}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            module = node.module if node.level == 0 else f"{package}.{node.module}"
+            if module.startswith("graft."):
+                found.add(module)
+    return found
+
+
+@pytest.mark.parametrize("package", ["registry", "lineage", "merge", "tui"])
+def test_modules_import_each_other_in_one_direction(package):
+    """No cycle among a package's modules (its lazy __init__ aside)."""
+    modules = {
+        f"graft.{package}.{p.stem}": p
+        for p in (ROOT / package).glob("*.py")
+        if p.stem != "__init__"
+    }
+    graph = {
+        name: _graft_imports(path, f"graft.{package}") & set(modules)
+        for name, path in modules.items()
+    }
+    if package == "merge":  # the graph is read: executor runs formulas and adapter merges
+        assert graph["graft.merge.executor"] >= {"graft.merge.run_adapters", "graft.merge.methods"}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*path, nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [c for name in sorted(graph) if (c := cycle_from(name))]
+    assert cycles == []

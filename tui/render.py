@@ -17,7 +17,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 if TYPE_CHECKING:
-    from graft.merge.executor import MergeProgress  # torch: only for type checking
+    from graft.merge.results import MergeProgress
     from graft.registry import ArtifactDetail, ArtifactRow, Manifest
 
 # Piped output keeps whole lines instead of squeezing tables to 80 columns. No

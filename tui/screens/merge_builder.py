@@ -36,8 +36,8 @@ from textual.widgets import (
 from textual.worker import Worker, WorkerState
 
 from graft.merge import MergeCancelled, MergeOutcome, merge_models, parse_config
-from graft.merge.executor import MergeProgress
 from graft.merge.methods import METHODS, Param
+from graft.merge.results import MergeProgress
 from graft.registry import ArtifactRow, GraftError, Store
 from graft.registry.fsutil import write_atomic
 from graft.tui.merge_draft import DTYPES, STARTING_VALUES, Draft, global_key, input_key
