@@ -17,5 +17,9 @@ class AdapterError(GraftError, ValueError):
     """A LoRA adapter that cannot be folded: bad config, missing factors or base tensors."""
 
 
+class MergeOutputError(GraftError, OSError):
+    """The output folder cannot be made or written: its place, permissions, free space."""
+
+
 class MergeCancelled(GraftError):
     """The caller asked to stop; nothing that looks finished was left behind."""

@@ -24,7 +24,12 @@ import torch
 
 from graft.lineage.tensors import TORCH_DTYPES
 from graft.merge.buffers import BufferPool
-from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
+from graft.merge.errors import (
+    MergeCancelled,
+    MergeConfigError,
+    MergeInputError,
+    MergeOutputError,
+)
 from graft.merge.inputs import FoldedModel, LocalModel, StoredModel, span_tensor
 from graft.merge.methods import TensorIn, TensorJob
 from graft.merge.output import companion_files, lineage_metadata, model_card, write_companions
@@ -32,6 +37,7 @@ from graft.merge.plan import MergePlan, TensorRef, TensorTask
 from graft.merge.results import MergeProgress, MergeResult, Written
 from graft.merge.run_adapters import execute_adapters
 from graft.merge.writer import PlannedTensor, ShardWriter
+from graft.registry.errors import GraftError
 from graft.registry.fsutil import fsync_dir
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
@@ -53,12 +59,15 @@ def run(
     started = time.monotonic()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(out_dir)
-    work = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent)
-    )
-    os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(out_dir)
+        work = Path(
+            tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent)
+        )
+        os.chmod(work, 0o755)  # mkdtemp's 0700 would outlive the rename
+    except OSError as e:
+        raise _output_error(out_dir, e) from e
     try:
         if plan.merges_adapters:
             written = execute_adapters(
@@ -75,8 +84,10 @@ def run(
             out_dir.rmdir()  # empty, checked above
         os.replace(work, out_dir)
         fsync_dir(out_dir.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError) and _writing(e, work, out_dir):
+            raise _output_error(out_dir, e) from e
         raise
     return MergeResult(
         out_dir=out_dir,
@@ -87,6 +98,21 @@ def run(
         seconds=time.monotonic() - started,
         rank=written.rank,
         truncation_error=written.truncation_error,
+    )
+
+
+def _writing(e: OSError, work: Path, out_dir: Path) -> bool:
+    """Whether `e` came from writing the output (a write to an open file names none)."""
+    if isinstance(e, GraftError):  # reading errors are GraftErrors already
+        return False
+    name = e.filename
+    return name is None or any(Path(os.fsdecode(name)).is_relative_to(p) for p in (work, out_dir))
+
+
+def _output_error(out_dir: Path, e: OSError) -> MergeOutputError:
+    return MergeOutputError(
+        f"cannot write the merge into {out_dir}: {e.strerror or e}",
+        "choose a folder you can write to, on a disk with room for the output",
     )
 
 

@@ -325,6 +325,63 @@ def test_dare_is_byte_identical_for_a_seed_whatever_the_thread_count(
     assert _dare(tmp_path, "d", seed=8) != first
 
 
+UNWRITABLE = Path("/proc/graft-test-out")  # procfs: no folder can be made there, even as root
+
+
+def test_an_unwritable_output_folder_is_a_graft_error(tmp_path: Path) -> None:
+    from graft.merge.errors import MergeOutputError
+
+    doc = config(merge_method="linear", models=[BASE, SFT], parameters={"weight": 1})
+    with pytest.raises(MergeOutputError) as caught:
+        run(build_plan(parse_config(doc), None), UNWRITABLE)
+    assert str(caught.value).startswith(f"cannot write the merge into {UNWRITABLE}: ")
+    assert "choose a folder you can write to" in str(caught.value)
+
+
+def test_a_full_disk_while_writing_is_a_graft_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from graft.merge import writer
+    from graft.merge.errors import MergeOutputError
+
+    def full(self: object, name: str, tensor: torch.Tensor) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.ShardWriter, "write", full)
+    doc = config(merge_method="linear", models=[BASE, SFT], parameters={"weight": 1})
+    with pytest.raises(MergeOutputError, match="No space left on device; choose a folder"):
+        run(build_plan(parse_config(doc), None), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder
+
+
+def test_an_unreadable_input_is_not_blamed_on_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graft.merge import inputs
+
+    def unreadable(self: object, rel: str) -> bytes:
+        raise PermissionError(13, "Permission denied", str(Path(BASE) / rel))
+
+    monkeypatch.setattr(inputs.LocalModel, "companion", unreadable)
+    doc = config(merge_method="linear", models=[BASE, SFT], parameters={"weight": 1})
+    with pytest.raises(PermissionError):
+        run(build_plan(parse_config(doc), None), tmp_path / "out")
+
+
+def test_cli_reports_an_unwritable_output_in_one_line(
+    graft: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    doc = config(merge_method="linear", models=[BASE, SFT], parameters={"weight": 1})
+    path.write_text(yaml.safe_dump(doc))
+    result = graft("merge", path, "--out", UNWRITABLE, "--no-register", code=1)
+    assert result.stderr.startswith(f"graft: error: cannot write the merge into {UNWRITABLE}: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "internal error" not in result.stderr and "Error" not in result.stderr
+
+
 def test_existing_output_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")

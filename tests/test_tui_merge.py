@@ -285,6 +285,26 @@ async def test_a_failing_merge_is_shown_and_registers_nothing(store_path: Path) 
     assert not (store_path.parent / "soup").exists()
 
 
+async def test_an_unwritable_folder_fails_in_one_graft_line_cleared_by_the_next_edit(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        folder = screen.query_one("#out-dir", Input)
+        await _type(pilot, folder, "/proc/graft-out")  # procfs: no folder can be made there
+        assert screen.draft().problems() == {}
+        await pilot.press("ctrl+r")
+        await _settle(app, pilot)
+        status = str(screen.query_one("#status", Static).render())
+        assert status.startswith("merge failed: cannot write the merge into /proc/graft-out: ")
+        assert "Error" not in status and "partial" not in status
+        await _type(pilot, folder, str(store_path.parent / "soup"))
+        assert str(screen.query_one("#status", Static).render()) == ""
+    assert len(list_artifacts(Store.open(store_path))) == 4
+
+
 async def test_save_writes_the_yaml_that_graft_merge_reads(store_path: Path) -> None:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:

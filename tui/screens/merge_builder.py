@@ -281,6 +281,7 @@ class MergeBuilder(ModalScreen[str | None]):
 
     @on(Input.Changed)
     def _typed(self, event: Input.Changed) -> None:
+        self._status(Text(""))  # a failure or "saved" is about the draft as it was
         if event.input.name and event.input.has_class("param-value"):
             self.values[event.input.name] = event.value
         elif event.input.id == "name":  # the folder follows the name unless one is typed
@@ -290,12 +291,14 @@ class MergeBuilder(ModalScreen[str | None]):
 
     @on(Checkbox.Changed)
     def _switched(self, event: Checkbox.Changed) -> None:
+        self._status(Text(""))
         if event.checkbox.name:
             self.values[event.checkbox.name] = event.value
         self._show_state()
 
     @on(Select.Changed, "#dtype")
     def _dtype_changed(self) -> None:
+        self._status(Text(""))
         self._show_state()
 
     def _show_state(self) -> None:
@@ -506,6 +509,7 @@ def _summary(outcome: MergeOutcome, name: str) -> str:
 
 
 def _describe(error: BaseException | None) -> str:
+    """One line for the user: graft's own message, never a Python class name."""
     if isinstance(error, GraftError):
         return str(error)
-    return f"{type(error).__name__}: {error}"
+    return f"an internal error ({error}); please report it with the config"
