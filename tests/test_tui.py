@@ -216,6 +216,9 @@ async def test_a_merge_overview_names_each_input_with_its_weights(store_path: Pa
             "tiny-llama-sft@1 (merge, role=input, weight=0.6, density=0.5)",
             "tiny-llama@1 (merge, role=base)",
         ]
+        # what changed is measured against the base only, and both panes say so
+        assert app.query_one(Overview).fields["changed"].endswith("tensors against tiny-llama@1")
+        assert app.query_one(LayerHeatmap).caption.startswith("demo-soup@1 vs tiny-llama@1: ")
 
 
 async def test_refresh_keeps_selection_and_fits_80x24(store_path: Path) -> None:
@@ -403,7 +406,18 @@ async def test_an_empty_store_says_what_to_do(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         tree = await _loaded(app, pilot)
         assert tree.structure() == {"": []}
-        assert "graft add" in str(app.query_one(Overview).render())
+        hint = str(app.query_one(Overview).render())
+        assert "press a to add one" in hint and "graft add" in hint
+        assert app.sub_title == "0 artifacts"
+
+
+async def test_the_title_counts_one_artifact_in_the_singular(tmp_path: Path) -> None:
+    path = tmp_path / "one"
+    lineage.register(SAMPLES / "tiny-llama", store=Store.open(path), name="tiny-llama")
+    app = GraftApp(path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        assert app.sub_title == "1 artifact"
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

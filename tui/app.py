@@ -188,12 +188,12 @@ class GraftApp(App[None]):
             tree.tree_view.focus()
 
     def _update_lists(self, rows: list[ArtifactRow]) -> None:
-        self.sub_title = f"{len(rows)} artifacts"
+        self.sub_title = f"{len(rows)} artifact{'' if len(rows) == 1 else 's'}"
         self.query_one(MethodsView).show_methods(made_by(r) for r in rows)
         if not rows:
             self.query_one(Overview).update(
-                "No artifacts in this store yet: register one with `graft add PATH`, "
-                "or try `graft tui --demo`."
+                "No artifacts in this store yet: press a to add one (or run "
+                "`graft add PATH`), or try `graft tui --demo`."
             )
 
     def select_when_listed(self, ref: str) -> None:

@@ -50,7 +50,8 @@ class Overview(Static):
                 for s in detail.shared
             )
         if parents:
-            fields["changed"] = f"{len({t.tensor for t in touches})} tensors against the parent"
+            against = ", ".join(dict.fromkeys(t.parent for t in touches)) or "its parent"
+            fields["changed"] = f"{len({t.tensor for t in touches})} tensors against {against}"
         for key, value in m.meta.items():
             fields[f"meta {key}"] = value
         if detail.amendments:
