@@ -411,6 +411,32 @@ async def test_an_empty_store_says_what_to_do(tmp_path: Path) -> None:
         assert app.sub_title == "0 artifacts"
 
 
+async def test_number_keys_switch_tabs_and_the_footer_says_so(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _loaded(app, pilot)
+        tabs = app.query_one(TabbedContent)
+        shown = [b.binding for b in app.active_bindings.values() if b.binding.show]
+        footer_keys = {b.key_display for b in shown}
+        assert "1-5" in footer_keys
+        for key, pane in (("2", "layers-tab"), ("3", "tensors-tab"), ("5", "series-tab")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert tabs.active == pane
+        await pilot.press("4")
+        await pilot.pause()
+        methods = app.query_one(MethodsView).option_list
+        assert tabs.active == "methods-tab" and methods.has_focus
+        assert methods.highlighted == 0  # a method is shown at once; enter works
+        await pilot.press("1")
+        await pilot.pause()
+        assert tabs.active == "overview-tab"
+        await pilot.press("slash", "2")  # in the filter a digit is text, not a tab key
+        await pilot.pause()
+        assert tabs.active == "overview-tab"
+        assert app.query_one(ArtifactTree).filter_input.value == "2"
+
+
 async def test_the_title_counts_one_artifact_in_the_singular(tmp_path: Path) -> None:
     path = tmp_path / "one"
     lineage.register(SAMPLES / "tiny-llama", store=Store.open(path), name="tiny-llama")

@@ -57,6 +57,9 @@ class Loaded:
     series_note: str  # why there is none
 
 
+TABS = ("overview-tab", "layers-tab", "tensors-tab", "methods-tab", "series-tab")
+
+
 class GraftApp(App[None]):
     """Artifacts on the left; overview, touched layers and tensors of the selected one,
     and what every artifact of a method touched. `a` adds an artifact, `b` builds a merge."""
@@ -73,6 +76,8 @@ class GraftApp(App[None]):
         Binding("r", "refresh", "Refresh"),
         Binding("p", "picture", "Picture"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("1", "tab(1)", "Tabs", key_display="1-5"),
+        *(Binding(str(n), f"tab({n})", show=False) for n in range(2, len(TABS) + 1)),
     ]
 
     class ArtifactsLoaded(Message):
@@ -255,10 +260,24 @@ class GraftApp(App[None]):
 
     def action_methods(self) -> None:
         self.query_one(TabbedContent).active = "methods-tab"
+        self.query_one(MethodsView).option_list.focus()
+
+    def action_tab(self, number: int) -> None:
+        if TABS[number - 1] == "methods-tab":
+            self.action_methods()
+            return
+        tabs = self.query_one(TabbedContent)
+        focused = self.screen.focused
+        if focused is not None and tabs in focused.ancestors:
+            # focus left in the old pane would bring that pane back
+            self.query_one(ArtifactTree).tree_view.focus()
+        tabs.active = TABS[number - 1]
+
+    @on(TabbedContent.TabActivated)
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
         options = self.query_one(MethodsView).option_list
-        options.focus()
-        if options.highlighted is None and options.option_count:
-            options.highlighted = 0  # show the first method at once
+        if event.pane.id == "methods-tab" and options.highlighted is None and options.option_count:
+            options.highlighted = 0  # however the tab was reached, show the first method
 
     def action_refresh(self) -> None:
         self.load_artifacts()

@@ -21,7 +21,7 @@ TREE_KEYS = (
 PANELS = (
     "Left: every artifact under the parent it came from (a merge under its base).\n"
     "Right: the selected artifact's overview, the layers and tensors it changed, "
-    "and what each method touched.\n"
+    "what each method touched and its checkpoints' series (keys 1-5).\n"
     "Merge builder (b): tab between fields, space picks inputs; ctrl+r runs, "
     "esc cancels a running merge, ctrl+s saves the YAML."
 )
