@@ -166,7 +166,18 @@ async def test_an_invalid_parameter_is_shown_inline_and_run_is_disabled(
         density = _field(screen, "lora-reverse@1.density")
         await _type(pilot, density, "1.5")
         assert density.has_class("-invalid")
-        assert not _field(screen, "lora-copy@1.density").has_class("-invalid")
+        valid = _field(screen, "lora-copy@1.density")
+        assert not valid.has_class("-invalid")
+        # seen, not just classed: a compact field has no border, so its background turns
+        assert density.styles.background != valid.styles.background
+        # the preview agrees with the form: bad values are left out and named
+        rank = screen.query_one("#rank", Input)
+        await _type(pilot, rank, "abc")
+        assert rank.has_class("-invalid")
+        assert rank.styles.background == density.styles.background
+        assert "--rank" not in screen.preview
+        assert "# left out until fixed: lora-reverse@1.density, rank" in screen.preview
+        await _type(pilot, rank, "")
         problems = str(screen.query_one("#problems", Static).render())
         assert "lora-reverse@1.density: must be in (0, 1]" in problems
         assert screen.query_one("#run", Button).disabled
@@ -208,6 +219,13 @@ async def test_the_form_follows_the_method_declaration(store_path: Path) -> None
         assert "base_model" not in screen.draft().document()
         offered = [o.value for o in screen.query_one("#inputs", SelectionList)._options]
         assert "tiny-llama@1" in offered
+        # what an empty Rank means depends on the method: exact only where it is
+        rank = screen.query_one("#rank", Input)
+        assert rank.placeholder == "adapters only; empty: exact (sum of ranks)"
+        screen.query_one("#method", Select).value = "ties"
+        await pilot.pause()
+        await pilot.pause()
+        assert rank.placeholder == "adapters only; empty: sum of ranks, by SVD"
 
 
 async def test_cancelling_a_running_merge_leaves_nothing(

@@ -164,9 +164,10 @@ class Draft:
         words = ["graft", "merge", f"{name}.yaml", "--out", self.out_dir.strip() or f"./{name}"]
         if self.out_dir.strip():  # the name no longer follows from the folder
             words += ["--name", name]
-        if self.seed.strip() not in ("", "0"):
+        problems = self.problems()  # like the YAML, the line leaves bad values out
+        if self.seed.strip() not in ("", "0") and "seed" not in problems:
             words += ["--seed", self.seed.strip()]
-        if self.rank.strip():
+        if self.rank.strip() and "rank" not in problems:
             words += ["--rank", self.rank.strip()]
         return shlex.join(words)
 

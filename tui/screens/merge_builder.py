@@ -36,6 +36,7 @@ from textual.widgets import (
 from textual.worker import Worker, WorkerState
 
 from graft.merge import MergeCancelled, MergeOutcome, merge_models, parse_config
+from graft.merge.adapters import EXACT_METHODS
 from graft.merge.methods import METHODS, Param
 from graft.merge.results import MergeProgress
 from graft.registry import ArtifactRow, GraftError, Store
@@ -130,7 +131,7 @@ class MergeBuilder(ModalScreen[str | None]):
                 with Horizontal(classes="row"):
                     yield Label("Rank", classes="field")
                     yield Input(
-                        placeholder="adapters only; empty: exact",
+                        placeholder=_rank_hint("linear"),
                         id="rank",
                         name="rank",
                         compact=True,
@@ -197,6 +198,7 @@ class MergeBuilder(ModalScreen[str | None]):
         spec = METHODS[self.method]
         self.query_one("#method-doc", Static).update(Text(spec.reference, style="dim"))
         self.query_one("#base", Select).disabled = not spec.uses_base
+        self.query_one("#rank", Input).placeholder = _rank_hint(spec.name)
         await self._show_global_params()
         self._offer_inputs()
         await self._show_input_params(rebuild=True)
@@ -490,7 +492,10 @@ def _param_input(key: str, value: str, param: Param) -> Input:
 
 
 def _preview(draft: Draft) -> str:
-    return f"# {draft.command()}\n{draft.yaml()}"
+    """The command and YAML; values with problems are left out of both, and said so."""
+    left_out = [k for k in draft.problems() if k not in ("inputs", "base", "name", "folder")]
+    note = f"# left out until fixed: {', '.join(left_out)}\n" if left_out else ""
+    return f"# {draft.command()}\n{note}{draft.yaml()}"
 
 
 def _summary(outcome: MergeOutcome, name: str) -> str:
@@ -506,6 +511,13 @@ def _summary(outcome: MergeOutcome, name: str) -> str:
     if r.truncation_error is not None:
         text += f" (largest relative SVD error {r.truncation_error:.2g})"
     return text
+
+
+def _rank_hint(method: str) -> str:
+    """What an empty Rank means for a merge of adapters by `method`."""
+    if method in EXACT_METHODS:
+        return "adapters only; empty: exact (sum of ranks)"
+    return "adapters only; empty: sum of ranks, by SVD"
 
 
 def _describe(error: BaseException | None) -> str:
