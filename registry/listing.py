@@ -30,6 +30,7 @@ class ArtifactRow:
     parents: list[str] = field(default_factory=list)  # NAME@N of each parent
     where: list[str] = field(default_factory=lambda: ["local"])  # and/or remotes holding it
     adapter_type: str | None = None  # lora, lora+dora, ia3, ... (adapters only)
+    relations: list[str] = field(default_factory=list)  # how it came from its parents: merge, ...
 
     @property
     def ref(self) -> str:
@@ -55,7 +56,9 @@ def list_artifacts(
                    list(p.name || '@' || p.version ORDER BY p.name) FILTER (WHERE p.id IS NOT NULL),
                    a.remote IS NULL,
                    (SELECT list(DISTINCT r.remote ORDER BY r.remote) FROM remote_names r
-                    WHERE r.id = a.id)
+                    WHERE r.id = a.id),
+                   list(DISTINCT e.relation ORDER BY e.relation)
+                       FILTER (WHERE e.relation IS NOT NULL)
             FROM shown s JOIN artifacts a ON a.id = s.id
             LEFT JOIN edges e ON e.child_id = a.id
             LEFT JOIN artifacts p ON p.id = e.parent_id
@@ -79,6 +82,7 @@ def list_artifacts(
             adapter_type=r[8],
             parents=r[9] or [],
             where=(["local"] if r[10] else []) + (r[11] or []),
+            relations=r[12] or [],
         )
         for r in rows
     ]

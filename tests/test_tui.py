@@ -104,6 +104,40 @@ async def test_slash_filters_and_keeps_ancestors(store_path: Path) -> None:
         assert len(tree.structure()["tiny-llama@1"]) == 5
 
 
+async def test_a_filter_that_matches_nothing_says_so_and_hides_the_panes(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = await _loaded(app, pilot)
+        total = len(tree.rows)
+        assert app.sub_title == f"{total} artifacts" and app.shown is not None
+        await pilot.press("slash", *"lora")
+        await pilot.pause()
+        assert app.sub_title == f"4 of {total} artifacts shown"  # 3 adapters and their base
+        await pilot.press(*"zzz")
+        await pilot.pause()
+        assert tree.structure() == {"": []}
+        assert app.sub_title == f"0 of {total} artifacts shown"
+        assert app.shown is None
+        assert "No artifact matches 'lorazzz'" in str(app.query_one(Overview).render())
+        assert app.query_one(TensorTable).row_count == 0
+        await pilot.press("escape")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.sub_title == f"{total} artifacts" and app.shown is not None
+
+
+def test_the_filter_matches_how_an_artifact_was_made() -> None:
+    """An adapter made by a merge (kind adapter, method ties) is found by `merge`."""
+    from graft.tui.widgets.artifact_tree import matching
+
+    soup = ArtifactRow("id", "soup", 1, "adapter", "", 0, 0, "ties", [], relations=["merge"])
+    other = ArtifactRow("id2", "lora", 1, "adapter", "", 0, 0, "lora", [])
+    assert matching([soup, other], {}, "merge") == {"soup@1"}
+    assert matching([soup, other], {}, "TIES") == {"soup@1"}
+
+
 def test_first_screen_opens_nodes_breadth_first_within_a_budget() -> None:
     def row(ref: str) -> ArtifactRow:
         name, version = ref.split("@")

@@ -193,13 +193,28 @@ class GraftApp(App[None]):
             tree.tree_view.focus()
 
     def _update_lists(self, rows: list[ArtifactRow]) -> None:
-        self.sub_title = f"{len(rows)} artifact{'' if len(rows) == 1 else 's'}"
         self.query_one(MethodsView).show_methods(made_by(r) for r in rows)
         if not rows:
             self.query_one(Overview).update(
                 "No artifacts in this store yet: press a to add one (or run "
                 "`graft add PATH`), or try `graft tui --demo`."
             )
+
+    @on(ArtifactTree.Filtered)
+    def _filtered(self, message: ArtifactTree.Filtered) -> None:
+        total = len(self.rows or [])
+        noun = f"artifact{'' if total == 1 else 's'}"
+        if not message.query:
+            self.sub_title = f"{total} {noun}"
+            return
+        self.sub_title = f"{message.shown} of {total} {noun} shown"
+        if not message.shown and total:
+            self.shown = self.loaded = None  # what the panes showed is filtered out
+            self.query_one(Overview).update(
+                f"No artifact matches {message.query!r}: esc clears the filter."
+            )
+            self.query_one(LayerHeatmap).show([], [], "")
+            self.query_one(TensorTable).show(None, [])
 
     def select_when_listed(self, ref: str) -> None:
         """Reload the list and put the cursor on `ref` (a new artifact) once it is there."""

@@ -37,13 +37,14 @@ def main_parents(rows: Sequence[ArtifactRow], bases: Mapping[str, str]) -> dict[
 def matching(
     rows: Sequence[ArtifactRow], parent_of: Mapping[str, str | None], query: str
 ) -> set[str]:
-    """Refs whose name, method or kind contains `query` (any case), plus their ancestors."""
+    """Refs whose name, method, kind or relation to its parents (merge, ...) contains
+    `query` (any case), plus their ancestors."""
     q = query.strip().lower()
     if not q:
         return {r.ref for r in rows}
     keep: set[str] = set()
     for r in rows:
-        fields = (r.name, r.method, r.adapter_type, r.kind)
+        fields = (r.name, r.method, r.adapter_type, r.kind, *r.relations)
         if any(q in (field or "").lower() for field in fields):
             ref: str | None = r.ref
             while ref is not None and ref not in keep:
@@ -109,6 +110,14 @@ class ArtifactTree(Vertical):
             super().__init__()
             self.row = row
 
+    class Filtered(Message):
+        """The tree was rebuilt: `shown` of the artifacts are in it, for `query`."""
+
+        def __init__(self, shown: int, query: str) -> None:
+            super().__init__()
+            self.shown = shown
+            self.query = query
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: list[ArtifactRow] = []
@@ -155,6 +164,9 @@ class ArtifactTree(Vertical):
             self._open -= self._user_closed
         tree.clear()
         self._fill(tree.root, None)
+        self.post_message(self.Filtered(len(self._placed), query))
+        if not self._placed:
+            self._announced = None  # the next artifact shown is news again
         # Keep the cursor on the same artifact, else go to the first one shown.
         if current is None or not self.select_ref(current.ref):
             first = tree.get_node_at_line(0)

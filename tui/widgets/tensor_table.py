@@ -76,11 +76,12 @@ class TensorTable(ScrollView, can_focus=True):
     def row_count(self) -> int:
         return len(self.rows)
 
-    def show(self, manifest: Manifest, touches: Sequence[Touch]) -> None:
+    def show(self, manifest: Manifest | None, touches: Sequence[Touch]) -> None:
+        """The tensors of `manifest` (none: an empty table)."""
         by_name = {t.tensor: t for t in touches}
         rows: list[tuple[str, ...]] = []
         changed: list[bool] = []
-        for _, t in manifest.tensors:
+        for _, t in manifest.tensors if manifest else ():
             touch = by_name.get(t.name)
             key = adapter_key(t.name) if touch is None else None
             if key is not None:  # an adapter's A/B factors change the base tensor they target
