@@ -413,6 +413,15 @@ async def test_the_builder_opens_on_an_adapter_without_a_parent(tmp_path: Path) 
         assert screen.draft().problems()["base"] == "ties needs a base model"
 
 
+async def test_the_builder_on_an_empty_store_says_how_to_add_one(tmp_path: Path) -> None:
+    app = GraftApp(tmp_path / "empty", poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot)
+        problems = str(screen.query_one("#problems", Static).render())
+        assert "inputs: the store has no artifacts yet: esc, then a adds one" in problems
+        assert screen.query_one("#run", Button).disabled
+
+
 async def test_the_first_b_loads_the_merge_engine_then_opens(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -431,6 +440,25 @@ async def test_escape_closes_the_builder_when_idle(store_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot)  # on the base: it becomes the base
         assert screen.base == "tiny-llama@1" and screen.draft().inputs == ()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, MergeBuilder)
+
+
+async def test_escape_asks_before_discarding_an_edited_draft(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+        status = str(screen.query_one("#status", Static).render())
+        assert status == "esc again discards this draft (ctrl+s saves it)"
+        await _type(pilot, _field(screen, "name"), "soup2")  # an edit: the warning is over
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, MergeBuilder)

@@ -86,6 +86,8 @@ class MergeBuilder(ModalScreen[str | None]):
         self._input_blocks: dict[str, Vertical] = {}  # the chosen inputs' fields
         self.running = False
         self.preview = ""  # the YAML shown, with the equivalent command
+        self._pristine: str | None = None  # the preview as the builder opened
+        self._warned = False  # esc once said the draft would be lost
         self._stop = threading.Event()
         self._focused: Widget | None = None
         self._base, self._chosen = _starting_point(rows, current, parent)
@@ -158,6 +160,10 @@ class MergeBuilder(ModalScreen[str | None]):
         self._offer_inputs(self._chosen)
         await self._method_changed()
         self.query_one("#method", Select).focus()
+        self.call_after_refresh(self._remember_pristine)
+
+    def _remember_pristine(self) -> None:
+        self._pristine = self.preview
 
     # The form's state.
 
@@ -306,6 +312,8 @@ class MergeBuilder(ModalScreen[str | None]):
     def _show_state(self) -> None:
         draft = self.draft()
         problems = draft.problems()
+        if not self.rows:
+            problems["inputs"] = "the store has no artifacts yet: esc, then a adds one"
         for field in self.query(Input):
             field.set_class(field.name in problems, "-invalid")
         self.query_one("#inputs").set_class("inputs" in problems, "-invalid")
@@ -353,6 +361,10 @@ class MergeBuilder(ModalScreen[str | None]):
         self._status(Text("cancelling at the next tensor …", style="yellow"))
 
     def action_close(self) -> None:
+        if self.preview != self._pristine and not self._warned:
+            self._status(Text("esc again discards this draft (ctrl+s saves it)", "yellow"))
+            self._warned = True
+            return
         self.dismiss(None)
 
     def action_save(self) -> None:
@@ -431,6 +443,7 @@ class MergeBuilder(ModalScreen[str | None]):
         self._stop.set()  # leaving the app stops a running merge at the next tensor
 
     def _status(self, text: Text) -> None:
+        self._warned = False  # a warning holds until something else is said
         self.query_one("#status", Static).update(text)
 
 
