@@ -185,7 +185,21 @@ async def test_an_unknown_parent_shows_the_graft_error_and_registers_nothing(
         assert not [n for n in app._notifications if n.severity == "error"]
         region = dialog.query_one("#message").region
         assert Region(0, 0, 80, 24).contains_region(region)
+        await _type(pilot, dialog, "parent", "tiny-llama@1")  # fixed: the error goes
+        assert "nobody@1" not in _message(dialog)
+        assert not dialog.query_one("#message").has_class("-error")
     assert snapshot(seeded) == before
+
+
+async def test_enter_on_an_empty_path_says_what_is_missing(seeded: Store) -> None:
+    app = GraftApp(seeded.root, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        dialog = await _open(app, pilot)
+        await pilot.press("enter")
+        await _settle(app, pilot)
+        assert app.screen is dialog and not dialog.busy
+        assert _message(dialog) == "type the path of a model or adapter first"
+        assert dialog.query_one("#message").has_class("-error")
 
 
 async def test_esc_closes_without_registering(seeded: Store) -> None:

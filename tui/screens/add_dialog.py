@@ -213,7 +213,9 @@ class AddDialog(ModalScreen[str | None]):
         event.stop()  # the app would notify the same error
         if event.state == WorkerState.ERROR:  # not a GraftError: a bug, still shown here
             self._set_busy(False)
-            self._show_message(f"unexpected error: {event.worker.error!r}", error=True)
+            self._show_message(
+                f"an internal error ({event.worker.error}); please report it", error=True
+            )
 
     @on(Input.Changed, "#path")
     def _path_changed(self, event: Input.Changed) -> None:
@@ -222,6 +224,12 @@ class AddDialog(ModalScreen[str | None]):
         # An empty path only disables Add; a wrong one also says why.
         self._show_message("" if not event.value.strip() else (problem or ""), error=True)
         self._update_controls()
+
+    @on(Input.Changed)
+    def _field_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "path":  # a failure named a field: it may be fixed now
+            path = self.query_one("#path", Input).value
+            self._show_message((path.strip() and path_problem(path)) or "", error=True)
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#add")
@@ -259,7 +267,12 @@ class AddDialog(ModalScreen[str | None]):
         return True
 
     def action_add(self) -> None:
-        if self.busy or not self.path_ok:
+        if self.busy:
+            return
+        if not self.path_ok:  # enter on an empty or wrong path: say what is missing
+            path = self.query_one("#path", Input).value
+            problem = path_problem(path) if path.strip() else None
+            self._show_message(problem or "type the path of a model or adapter first", error=True)
             return
         request = self.request()
         self._focused = self.focused  # disabled fields lose the focus
