@@ -30,6 +30,7 @@ from graft.registry.repack import after_add, repack_mode
 class MergeOutcome:
     result: MergeResult
     manifest: Manifest | None  # the registered output, unless registration was off
+    existed: bool = False  # an artifact with the same content was registered already
 
 
 def merge_models(
@@ -157,7 +158,7 @@ def _run_and_register(
     )
     ensure_deltas(store, [added.manifest.id])
     after_add(store, added.manifest, mode="off" if added.existed else mode, compress=True)
-    return MergeOutcome(result, added.manifest)
+    return MergeOutcome(result, added.manifest, existed=added.existed)
 
 
 def _register_inputs(plan: MergePlan, store: Store) -> MergePlan:

@@ -458,6 +458,11 @@ def test_merge_registers_edges_with_parameters(
     assert {e["relation"] for e in direct.values()} == {"merge"}
     text = registered("log", "soup").stdout
     assert "weight=0.6" in text and "density=0.7" in text
+    assert out["existed"] is False
+    # The same merge again, into another folder: the registry already has it, and says so.
+    again = registered("merge", path, "--out", tmp_path / "again", "--name", "soup2").stdout
+    assert "identical to soup@1 (" in again and "already registered" in again
+    assert "registered soup2" not in again
 
     touched = graft_json(registered, "touched", "soup")
     assert {t["parent"] for t in touched} == {"tiny-llama@1"}  # against the base only

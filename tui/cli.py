@@ -605,6 +605,7 @@ def _report_merge(outcome: Any, as_json: bool) -> None:
                 "rank": r.rank,
                 "truncation_error": r.truncation_error,
                 "artifact": {"id": m.id, "ref": m.ref} if m else None,
+                "existed": outcome.existed,
             }
         )
         return
@@ -612,7 +613,11 @@ def _report_merge(outcome: Any, as_json: bool) -> None:
         f"wrote {r.out_dir} ({r.tensors} tensors in {len(r.files)} file(s), "
         f"{render.human_size(r.bytes_written)}, {len(r.touched)} changed) in {r.seconds:.1f} s",
     )
-    if m:
+    if m and outcome.existed:
+        render.out.print(
+            f"identical to {m.ref} ({m.id[:12]}), already registered: nothing new recorded"
+        )
+    elif m:
         render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`")
 
 

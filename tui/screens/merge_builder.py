@@ -517,8 +517,9 @@ def _summary(outcome: MergeOutcome, name: str) -> str:
     m = outcome.manifest
     assert m is not None
     text = f"{m.ref}: {r.tensors} tensors in {r.seconds:.1f} s, in {r.out_dir}"
-    if m.name != name:  # the registry keeps the first name of identical content
-        text += f"; identical to {m.ref}, already registered, so not named {name}"
+    if outcome.existed:  # the registry keeps the first name of identical content
+        text += f"; identical to {m.ref}, already registered"
+        text += "" if m.name == name else f", so not named {name}"
     if r.rank is not None:
         text += f"; an adapter of rank {r.rank}"
     if r.truncation_error is not None:
