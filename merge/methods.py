@@ -15,8 +15,9 @@ formulas follow graft's merge-semantics specification (mergekit 0.1.5 meaning):
 Random masks (DARE, DELLA) come from a CPU generator keyed by (seed, tensor name, input index),
 so they are identical whatever the thread count, tensor order or device; whole-tensor sums
 (L1 norms, dot products) accumulate in float64 so threads do not change them either.
-Pure torch: no file I/O, no global state. Merge functions never modify the job's tensors, and
-may return one of them unchanged (passthrough at scale 1, slerp at t = 0 or 1).
+torch, and numpy for selection: no file I/O, no global state. Merge functions never modify
+the job's tensors (they may write into `job.out`), and may return one of them unchanged
+(passthrough at scale 1, slerp at t = 0 or 1).
 """
 
 from __future__ import annotations
