@@ -600,8 +600,7 @@ def _random(
     job: TensorJob, index: int, values: Mapping[str, ParamValue], deltas: Deltas, n: int
 ) -> _Masker | None:
     density = float(values["density"])
-    remember = n * len(job.inputs) <= _KEEP_DELTAS_UPTO
-    return None if density >= 1 else _Random(job, index, density, remember=remember)
+    return None if density >= 1 else _Random(job, index, density, remember=_keeps_passes(job))
 
 
 @dataclass
@@ -721,7 +720,7 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
         n, weights = base.numel(), _weights(job)
         spans = _spans(n, _row_width(base) if sparsify is _magprune else 1)
         # Up to a size, the task vectors are computed once for every pass.
-        kept = _task_vector_spans(job, spans) if n * len(job.inputs) <= _KEEP_DELTAS_UPTO else None
+        kept = _task_vector_spans(job, spans) if _keeps_passes(job) else None
 
         def deltas_of(i: int) -> Deltas:
             if kept is not None:
@@ -768,6 +767,12 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
 
 # The most task-vector elements (all inputs together) kept in fp32 between passes.
 _KEEP_DELTAS_UPTO = 1 << 25
+
+
+def _keeps_passes(job: TensorJob) -> bool:
+    """Whether a tensor is small enough to keep its task vectors and DARE masks
+    from one pass to the next instead of computing them again."""
+    return job.inputs[0].numel() * len(job.inputs) <= _KEEP_DELTAS_UPTO
 
 
 def _task_vector_spans(job: TensorJob, spans: list[slice]) -> list[list[torch.Tensor]]:
