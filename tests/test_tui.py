@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
+from rich.table import Table
 from textual.widgets import Static, TabbedContent
 
 import graft.tui.app as tui_app
@@ -18,6 +20,7 @@ from graft.registry.manifest import FileRecord, Manifest, TensorRecord
 from graft.tui.app import GraftApp
 from graft.tui.cli import cli
 from graft.tui.demo import populate
+from graft.tui.grids import short_legend, short_module
 from graft.tui.widgets import (
     ArtifactTree,
     LayerHeatmap,
@@ -27,6 +30,8 @@ from graft.tui.widgets import (
     artifact_tree,
 )
 from graft.tui.widgets.artifact_tree import main_parents, opened_within, placed
+from graft.tui.widgets.tensor_table import fit_name
+from graft.tui.widgets.wide_table import WideTable, column_spans, hidden_columns
 from tests.procs import GRAFT, graft_env
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_artifacts"
@@ -76,12 +81,12 @@ async def test_tree_hangs_artifacts_under_their_parents(store_path: Path) -> Non
             "lora-reverse@1",
             "lora-count@1",
             "tiny-llama-sft@1",
-            "demo-soup@1",  # under its base, the other parents named in its label
+            "demo-soup@1",  # under its base, the other parents counted in its label
         }
         soup = next(
             n for n in tree.tree_view.root.children[0].children if n.data.ref == "demo-soup@1"
         )
-        assert "also from: lora-copy@1, tiny-llama-sft@1" in str(soup.label)
+        assert str(soup.label) == "demo-soup@1  merge  ties  +2 parents"  # fits at 80 columns
 
 
 async def test_slash_filters_and_keeps_ancestors(store_path: Path) -> None:
@@ -579,3 +584,105 @@ async def test_artifacts_fetched_from_a_remote_open_without_their_weights(
         assert app.query_one(TensorTable).row_count == 39
         assert not [n for n in app._notifications if n.severity == "error"]
     assert not list((fetched.root / "blobs").rglob("*"))
+
+
+# At 80×24 nothing is cut without a word: grids name the columns out of sight,
+# tensor names keep their distinctive end and the cursor's row shows in full.
+NARROW = (80, 24)
+
+
+async def test_a_grid_wider_than_the_pane_names_the_columns_out_of_sight(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=NARROW) as pilot:
+        await _loaded(app, pilot)
+        await pilot.press("2")
+        await _select(app, pilot, "demo-soup@1")
+        heatmap = app.query_one(LayerHeatmap)
+        table = heatmap.query_one(WideTable)
+        await pilot.pause()
+        headers = [s.header for s in table.spans]
+        assert headers[:5] == ["LAYER", "k", "o", "q", "v"]  # k_proj... shortened
+        assert "_proj dropped" in str(heatmap.query_one(".caption", Static).content)
+        window = table.scroller.scrollable_content_region.width
+        hidden = [s.header for s in table.spans if s.end > window]
+        assert hidden and table.marker.startswith(f"→ {len(hidden)} more columns: ")
+        assert table.marker.split(": ", 1)[1].startswith(", ".join(hidden))
+        table.scroller.scroll_to(x=table.scroller.max_scroll_x, animate=False)
+        await pilot.pause()
+        assert table.marker.startswith("← ") and "more columns:" not in table.marker
+        await pilot.resize_terminal(200, 24)  # everything fits: the line goes
+        await pilot.pause()
+        await pilot.pause()
+        assert table.marker == ""
+
+
+async def test_the_methods_grid_names_the_columns_out_of_sight(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=NARROW) as pilot:
+        await _loaded(app, pilot)
+        await pilot.press("4")
+        view = await _choose_method(app, pilot, "lora")
+        await pilot.pause()
+        grid = view.query_one(WideTable)
+        assert [s.header for s in grid.spans][:5] == ["LAYER", "k", "o", "q", "v"]
+        assert grid.marker.startswith("→ ") and "up" in grid.marker
+
+
+async def test_narrow_tensor_names_keep_their_end_and_the_row_shows_in_full(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=NARROW) as pilot:
+        await _loaded(app, pilot)
+        await _select(app, pilot, "lora-copy@1")
+        await pilot.press("3")
+        await pilot.pause()
+        table = app.query_one(TensorTable)
+        header = _text(table, 0)
+        assert header.split()[:2] == ["change", "tensor"]
+        assert header.rstrip().endswith("→ shape dtype size")  # past the right edge
+        a, b = _text(table, 1), _text(table, 2)  # a layer's lora_A and lora_B
+        assert a.rstrip().endswith("q_proj.lora_A.weight") and "…" in a
+        assert b.rstrip().endswith("q_proj.lora_B.weight")
+        table.focus()
+        await pilot.press("down")
+        detail = str(app.query_one("#tensor-detail", Static).content)
+        assert detail.startswith(f"{table.rows[1][1]}\n{table.rows[1][2]}  {table.rows[1][3]}")
+        assert "change " + table.rows[1][0] in detail
+
+
+def test_fit_name_keeps_the_end_and_starts_at_a_whole_part() -> None:
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    assert fit_name(name, len(name)) == name
+    assert fit_name(name, 34) == "…0.self_attn.q_proj.lora_A.weight"
+    assert fit_name("abcdefghij", 5) == "…ghij"  # no dot: the last characters
+    for width in range(2, len(name)):
+        assert len(fit_name(name, width)) <= width and name.endswith(fit_name(name, width)[1:])
+
+
+def test_module_names_shorten_with_a_legend() -> None:
+    modules = ["q_proj", "down_proj", "post_attention_layernorm", "embed_tokens", "lm_head"]
+    assert [short_module(m) for m in modules] == ["q", "down", "post_attn_norm", "embed", "lm_head"]
+    assert short_legend(modules) == (
+        "_proj dropped; norm = layernorm; attn = attention; embed = embed_tokens"
+    )
+    assert short_legend(["lm_head", "norm"]) == ""
+
+
+def test_column_spans_match_where_rich_draws_the_headers() -> None:
+    console = Console(width=300, record=True)
+    table = Table(box=None, pad_edge=False)
+    for header in ("LAYER", "k", "gate"):
+        table.add_column(header)
+    table.add_row("12", "0.013", "x")
+    table.add_row("3", "·", "0.5")
+    spans = column_spans(table, console)
+    console.print(table)
+    first = console.export_text().splitlines()[0]
+    for span in spans:
+        assert first[span.start : span.start + len(span.header)] == span.header
+    assert spans[-1].end == len(first.rstrip())
+    assert hidden_columns(spans, 0, spans[1].end) == ([], ["gate"])
+    assert hidden_columns(spans, spans[1].start, 100) == (["LAYER"], [])

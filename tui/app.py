@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, ScrollableContainer
 from textual.message import Message
-from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from graft import lineage, registry
@@ -36,6 +37,7 @@ from graft.tui.widgets import (
     TensorTable,
 )
 from graft.tui.widgets.series_view import HINT as SERIES_HINT
+from graft.tui.widgets.tensor_table import UNCHANGED
 
 REFRESH_SECONDS = 5.0
 
@@ -111,16 +113,17 @@ class GraftApp(App[None]):
         with Horizontal(id="main"):
             yield ArtifactTree(id="artifacts")
             with TabbedContent(id="tabs"):
-                # Both ways: long metadata and wide grids scroll sideways at 80 columns.
+                # Long metadata scrolls sideways at 80 columns; the grids say what they hide.
                 with TabPane("Overview", id="overview-tab"), ScrollableContainer():
                     yield Overview(id="overview")
-                with TabPane("Layers", id="layers-tab"), ScrollableContainer():
+                with TabPane("Layers", id="layers-tab"):
                     yield LayerHeatmap(id="heatmap")
                 with TabPane("Tensors", id="tensors-tab"):
                     yield TensorTable(id="tensors")
+                    yield Static("", id="tensor-detail")
                 with TabPane("Methods", id="methods-tab"):
                     yield MethodsView(id="methods")
-                with TabPane("Series", id="series-tab"), ScrollableContainer():
+                with TabPane("Series", id="series-tab"):
                     yield SeriesView(id="series")
         yield Footer()
 
@@ -240,6 +243,17 @@ class GraftApp(App[None]):
         view = self.query_one(MethodsView)
         if view.method == message.touches.method:  # else another method was chosen meanwhile
             view.show(message.touches)
+
+    @on(TensorTable.Highlighted)
+    def _tensor_highlighted(self, message: TensorTable.Highlighted) -> None:
+        """The cursor's row in full under the table: a narrow pane cuts names and columns."""
+        detail = self.query_one("#tensor-detail", Static)
+        if message.row is None:
+            detail.update("")
+            return
+        change, name, shape, dtype, size = message.row
+        said = "unchanged" if change == UNCHANGED else f"change {change}"
+        detail.update(Text.assemble((name, "bold"), f"\n{shape}  {dtype}  {size}  {said}"))
 
     @on(MethodsView.Chosen)
     def _method_chosen(self, message: MethodsView.Chosen) -> None:

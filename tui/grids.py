@@ -3,6 +3,7 @@ heatmaps and the pictures, built from the typed lineage results."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -94,3 +95,26 @@ class HeatGrid:
 def parents_of(touches: Sequence[Touch]) -> list[str]:
     """The parents (NAME@N) the changes were measured against, in order seen."""
     return list(dict.fromkeys(t.parent for t in touches))
+
+
+# How a terminal grid shortens its column headers, and what the legend says about it.
+_SHORTER = (
+    (re.compile(r"_proj$"), "", "_proj dropped"),
+    (re.compile("layernorm"), "norm", "norm = layernorm"),
+    (re.compile("attention"), "attn", "attn = attention"),
+    (re.compile("embed_tokens"), "embed", "embed = embed_tokens"),
+)
+
+
+def short_module(module: str) -> str:
+    """A module name short enough for a terminal grid: "q" for q_proj, "post_attn_norm"
+    for post_attention_layernorm (`short_legend` says so under the grid)."""
+    for pattern, short, _ in _SHORTER:
+        module = pattern.sub(short, module)
+    return module
+
+
+def short_legend(modules: Iterable[str]) -> str:
+    """What `short_module` did to `modules` ("" when nothing)."""
+    names = list(modules)
+    return "; ".join(words for pattern, _, words in _SHORTER if any(map(pattern.search, names)))

@@ -95,8 +95,8 @@ def label(row: ArtifactRow, main: str | None) -> Text:
     if row.method or row.adapter_type:
         text.append(f"  {method_label(row.method, row.adapter_type)}")
     others = [p for p in row.parents if p != main]
-    if others:
-        text.append(f"  also from: {', '.join(others)}", style="dim")
+    if others:  # named in the Overview: a narrow tree has no room for them
+        text.append(f"  +{len(others)} parent{'s' * (len(others) != 1)}", style="dim")
     return text
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from rich.console import Console, Group
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.widgets import Static
 
 from graft.lineage import Touch
-from graft.tui.grids import UNTOUCHED, HeatGrid
+from graft.tui.grids import UNTOUCHED, HeatGrid, short_legend, short_module
+from graft.tui.widgets.wide_table import WideTable
 
 
 def heat_style(variables: Mapping[str, str], value: float | None) -> str:
@@ -27,45 +28,49 @@ def heat_style(variables: Mapping[str, str], value: float | None) -> str:
     return "bold " + variables.get("error", "red")
 
 
-def unsqueezed(table: Table, console: Console) -> Table:
-    """Fix `table` at its natural width, so that a narrow pane scrolls it sideways
-    instead of cutting its columns short."""
-    wide = console.options.update_width(10_000)
-    table.width = Measurement.get(console, wide, table).maximum
+def grid_table(header: Sequence[str], rows: Iterable[Sequence[Text]]) -> Table:
+    """A layers × modules table: the layer on the right of its column, cells centred,
+    module names shortened (`short_module`)."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column(header[0], justify="right", no_wrap=True)
+    for module in header[1:]:
+        table.add_column(short_module(module), justify="center", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
-class LayerHeatmap(Static):
+class LayerHeatmap(Vertical):
     """Renders a `HeatGrid` with the theme's colours: hotter for bigger changes."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__("select an artifact", id=id)
+        super().__init__(id=id)
         self.grid = HeatGrid()
         self.caption = ""
 
+    def compose(self) -> ComposeResult:
+        yield Static(Text("select an artifact", style="dim"), classes="caption")
+        yield WideTable()
+
     def show(self, touches: Sequence[Touch], layers: Iterable[int | None], caption: str) -> None:
-        self.grid = HeatGrid.of(touches, layers)
+        self.grid = g = HeatGrid.of(touches, layers)
         self.caption = caption
-        self.update(self._render_grid())
-
-    def _style(self, value: float | None) -> str:
-        return heat_style(self.app.get_css_variables(), value)
-
-    def _render_grid(self) -> Group | Text:
-        g = self.grid
+        table = self.query_one(WideTable)
+        note = self.query_one(".caption", Static)
         if not g.values:
-            return Text(f"{self.caption}\n\nno recorded changes against a parent", style="dim")
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        table.add_column("LAYER", justify="right")
-        for _, module in g.columns:
-            table.add_column(module, justify="center")
-        for layer, row in zip(g.layers, g.cells(), strict=True):
-            out: list[Text] = [Text(row[0])]
-            for (block, module), cell in zip(g.columns, row[1:], strict=True):
-                if cell == UNTOUCHED:
-                    out.append(Text(cell, style="dim"))
-                else:
-                    out.append(Text(cell, style=self._style(g.values[(layer, block, module)])))
-            table.add_row(*out)
-        # The caption above the table, not its title: a title wraps to the table's width.
-        return Group(Text(self.caption, style="italic"), unsqueezed(table, self.app.console))
+            note.update(Text(f"{caption}\n\nno recorded changes against a parent", style="dim"))
+            table.show(None)
+            return
+        modules = [module for _, module in g.columns]
+        legend = short_legend(modules)
+        note.update(Text(caption + (f" ({legend})" if legend else ""), style="italic"))
+        variables = self.app.get_css_variables()
+        rows = []
+        for layer, cells in zip(g.layers, g.cells(), strict=True):
+            row = [Text(cells[0])]
+            for (block, module), cell in zip(g.columns, cells[1:], strict=True):
+                value = g.values.get((layer, block, module))
+                style = "dim" if cell == UNTOUCHED else heat_style(variables, value)
+                row.append(Text(cell, style=style))
+            rows.append(row)
+        table.show(grid_table(["LAYER", *modules], rows))

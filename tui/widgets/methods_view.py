@@ -5,19 +5,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from graft.lineage import MethodTouches
-from graft.tui.grids import UNTOUCHED, module_columns
-from graft.tui.widgets.layer_heatmap import heat_style, unsqueezed
+from graft.tui.grids import UNTOUCHED, module_columns, short_legend
+from graft.tui.widgets.layer_heatmap import grid_table, heat_style
+from graft.tui.widgets.wide_table import WideTable
 
 
 class MethodsView(Vertical):
@@ -38,9 +37,8 @@ class MethodsView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield OptionList(id="method-list")
-        with VerticalScroll(id="method-scroll"):
-            yield Static("no methods recorded yet", id="method-artifacts")
-            yield Static("", id="method-grid")
+        yield Static("no methods recorded yet", id="method-artifacts")
+        yield WideTable(id="method-grid")
 
     @property
     def option_list(self) -> OptionList:
@@ -74,35 +72,28 @@ class MethodsView(Vertical):
     def show(self, touches: MethodTouches) -> None:
         self.touches = touches
         n = len(touches.artifacts)
+        cells = {(c.layer, c.block, c.module): c for c in touches.cells}
+        columns = module_columns(cells)
+        legend = short_legend(module for _, module in columns)
         self.query_one("#method-artifacts", Static).update(
             Text.assemble(
                 (f"{n} artifact{'s' * (n != 1)} by {touches.method}: ", "bold"),
                 ", ".join(touches.artifacts),
+                (
+                    "\nchanged by n artifacts × mean rel. change (· untouched"
+                    + (f"; {legend})" if legend else ")")
+                    if cells
+                    else "\nno recorded changes against a parent",
+                    "italic" if cells else "dim",
+                ),
             )
         )
-        self.query_one("#method-grid", Static).update(self._render_grid())
-
-    def counts(self) -> dict[tuple[int | None, str], int]:
-        """(layer, module) -> how many of the method's artifacts changed it."""
-        if self.touches is None:
-            return {}
-        return {(c.layer, c.module): c.artifacts for c in self.touches.cells}
-
-    def changed_layers(self) -> list[int | None]:
-        """The layers any of the method's artifacts changed, in grid order."""
-        return sorted({layer for layer, _ in self.counts()}, key=lambda x: (x is not None, x or 0))
-
-    def _render_grid(self) -> Group | Text:
-        assert self.touches is not None
-        cells = {(c.layer, c.block, c.module): c for c in self.touches.cells}
+        grid = self.query_one("#method-grid", WideTable)
         if not cells:
-            return Text("\nno recorded changes against a parent", style="dim")
-        columns = module_columns(cells)
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        table.add_column("LAYER", justify="right")
-        for _, module in columns:
-            table.add_column(module, justify="center")
+            grid.show(None)
+            return
         variables = self.app.get_css_variables()
+        rows = []
         for layer in self.changed_layers():
             row = [Text("—" if layer is None else str(layer))]
             for block, module in columns:
@@ -113,6 +104,15 @@ class MethodsView(Vertical):
                     mean = "new" if cell.mean_rel_change is None else f"{cell.mean_rel_change:.2g}"
                     style = heat_style(variables, cell.mean_rel_change)
                     row.append(Text(f"{cell.artifacts}×{mean}", style=style))
-            table.add_row(*row)
-        legend = Text("changed by n artifacts × mean rel. change (· untouched)", style="italic")
-        return Group(legend, unsqueezed(table, self.app.console))
+            rows.append(row)
+        grid.show(grid_table(["LAYER", *(module for _, module in columns)], rows))
+
+    def counts(self) -> dict[tuple[int | None, str], int]:
+        """(layer, module) -> how many of the method's artifacts changed it."""
+        if self.touches is None:
+            return {}
+        return {(c.layer, c.module): c.artifacts for c in self.touches.cells}
+
+    def changed_layers(self) -> list[int | None]:
+        """The layers any of the method's artifacts changed, in grid order."""
+        return sorted({layer for layer, _ in self.counts()}, key=lambda x: (x is not None, x or 0))

@@ -1,6 +1,10 @@
 """The Tensors tab: every tensor of the artifact, and whether it changed against the parent
 (for an adapter's factors: whether the base tensor they target changed).
 
+In a narrow pane the names give up their start (the end tells a layer's tensors apart),
+the header names the columns past the right edge, and the tab shows the cursor's row
+in full under the table.
+
 Drawn a screen at a time with Textual's line API: an artifact of tens of thousands of
 tensors fills the table in a fraction of a second and scrolls as fast as a small one
 (a DataTable measures every cell of every row up front).
@@ -17,6 +21,7 @@ from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.geometry import Size
+from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -25,12 +30,24 @@ from graft.lineage import Touch
 from graft.lineage.names import adapter_key
 from graft.registry import Manifest
 
-# The change and the name first: a narrow pane cuts the dtype, shape and size.
+# The change and the name first: a narrow pane hides the dtype, shape and size.
 # "change" is the relative change, else the status (added, reshaped...), else "·".
 COLUMNS = ("change", "tensor", "shape", "dtype", "size")
 RIGHT_ALIGNED = {0, 4}
 GAP = 2
 UNCHANGED = "·"
+MIN_NAME = 16  # a name column narrower than this says too little: scroll instead
+
+
+def fit_name(name: str, width: int) -> str:
+    """`name` in at most `width` cells: whole, else "…" and its last dotted parts."""
+    if len(name) <= width:
+        return name
+    tail = name[len(name) - width + 1 :]
+    dot = tail.find(".")
+    if 0 <= dot < len(tail) // 2:  # start at a whole part when that costs little
+        tail = tail[dot + 1 :]
+    return "…" + tail
 
 
 class TensorTable(ScrollView, can_focus=True):
@@ -66,11 +83,19 @@ class TensorTable(ScrollView, can_focus=True):
 
     cursor_row: reactive[int] = reactive(0)
 
+    class Highlighted(Message):
+        """The cursor is on `row` (the cells of `COLUMNS`), or on nothing."""
+
+        def __init__(self, row: tuple[str, ...] | None) -> None:
+            super().__init__()
+            self.row = row
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: list[tuple[str, ...]] = []
         self.changed: list[bool] = []
-        self._widths = [len(c) for c in COLUMNS]
+        self._natural = [len(c) for c in COLUMNS]  # each column's widest cell
+        self._widths = list(self._natural)  # as drawn: the name column may be narrower
 
     @property
     def row_count(self) -> int:
@@ -96,28 +121,54 @@ class TensorTable(ScrollView, can_focus=True):
             shape = "×".join(map(str, t.shape)) or "scalar"
             rows.append((change, t.name, shape, t.dtype, human_size(t.nbytes)))
         self.rows, self.changed = rows, changed
-        self._widths = [
+        self._natural = [
             max([len(COLUMNS[i]), *(len(row[i]) for row in rows)]) for i in range(len(COLUMNS))
         ]
-        width = sum(self._widths) + GAP * (len(COLUMNS) - 1) + 2
-        self.virtual_size = Size(width, len(rows) + 1)  # + the header
+        self._layout()
         self.cursor_row = 0
         self.scroll_to(0, 0, animate=False)
+        self.post_message(self.Highlighted(rows[0] if rows else None))
         self.refresh()
+
+    def _layout(self) -> None:
+        """Narrow the name column to what the pane leaves beside the change column."""
+        room = self.scrollable_content_region.width - self._natural[0] - GAP - 2
+        self._widths = list(self._natural)
+        if room < self._natural[1] and self.scrollable_content_region.width:
+            self._widths[1] = max(MIN_NAME, room)
+        self.virtual_size = Size(self._span(len(COLUMNS)), len(self.rows) + 1)  # + the header
+
+    def _span(self, columns: int) -> int:
+        """Cells from the left edge to the end of the first `columns` columns, with the
+        edge after the last."""
+        return 1 + sum(self._widths[:columns]) + GAP * (columns - 1) + (columns == len(COLUMNS))
 
     # Drawing.
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
+        width = self.scrollable_content_region.width  # not under the vertical scrollbar
         if y == 0:
-            line = self._line(COLUMNS, self.get_component_rich_style("tensor-table--header"))
-        else:
-            index = scroll_y + y - 1
-            if index >= len(self.rows):
-                return Strip.blank(width, self.rich_style)
-            line = self._row_line(index)
-        return line.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+            return self._header(scroll_x, width)
+        index = scroll_y + y - 1
+        if index >= len(self.rows):
+            return Strip.blank(width, self.rich_style)
+        return self._row_line(index).crop_extend(scroll_x, scroll_x + width, self.rich_style)
+
+    def _header(self, scroll_x: int, width: int) -> Strip:
+        """The column names, with the names of those past the right edge at its end."""
+        text = " " + "".join(
+            (c.rjust(w) if i in RIGHT_ALIGNED else c.ljust(w)) + " " * GAP
+            for i, (c, w) in enumerate(zip(COLUMNS, self._widths, strict=True))
+        )
+        text = text[scroll_x : scroll_x + width].ljust(width)
+        hidden = [c for i, c in enumerate(COLUMNS) if self._span(i + 1) > scroll_x + width]
+        if hidden:
+            more = f" → {' '.join(hidden)} "
+            text = text[: max(0, width - len(more))] + more[-width:]
+        if scroll_x > 0:
+            text = "←" + text[1:]
+        return Strip([Segment(text, self.get_component_rich_style("tensor-table--header"))])
 
     def _row_line(self, index: int) -> Strip:
         component = (
@@ -131,8 +182,11 @@ class TensorTable(ScrollView, can_focus=True):
         if component is not None:
             base = base + self.get_component_rich_style(component)
         mark = "tensor-table--changed" if self.changed[index] else "tensor-table--unchanged"
+        change, name, *rest = self.rows[index]
         return self._line(
-            self.rows[index], base, first=self.get_component_rich_style(mark, partial=True)
+            (change, fit_name(name, self._widths[1]), *rest),
+            base,
+            first=self.get_component_rich_style(mark, partial=True),
         )
 
     def _line(self, cells: Sequence[str], style: Style, first: Style | None = None) -> Strip:
@@ -151,11 +205,14 @@ class TensorTable(ScrollView, can_focus=True):
         """Rows between the header and the horizontal scrollbar, if any."""
         return max(1, self.scrollable_size.height - 1)
 
-    def watch_cursor_row(self) -> None:
+    def watch_cursor_row(self, row: int) -> None:
         self._keep_cursor_visible()
         self.refresh()
+        if row < len(self.rows):
+            self.post_message(self.Highlighted(self.rows[row]))
 
     def on_resize(self) -> None:
+        self._layout()
         self._keep_cursor_visible()
 
     def _keep_cursor_visible(self) -> None:
