@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from graft.lineage.log import LogEntry, base_parents, log
     from graft.lineage.names import AdapterKey, Place, adapter_key, place_of
     from graft.lineage.record import ensure_deltas, recompute
-    from graft.lineage.register import register, register_run
+    from graft.lineage.register import DECLARED_BASE, link_declared_children, register, register_run
     from graft.lineage.runs import checkpoints_in, run_of
     from graft.lineage.share import push
     from graft.lineage.sql import QueryResult, SqlError, export_catalog, run_sql
@@ -41,7 +41,12 @@ __all__ = lazy_exports(
         "graft.lineage.log": ("LogEntry", "base_parents", "log"),
         "graft.lineage.names": ("AdapterKey", "Place", "adapter_key", "place_of"),
         "graft.lineage.record": ("ensure_deltas", "recompute"),
-        "graft.lineage.register": ("register", "register_run"),
+        "graft.lineage.register": (
+            "DECLARED_BASE",
+            "link_declared_children",
+            "register",
+            "register_run",
+        ),
         "graft.lineage.runs": ("checkpoints_in", "run_of"),
         "graft.lineage.share": ("push",),
         "graft.lineage.sql": ("QueryResult", "SqlError", "export_catalog", "run_sql"),

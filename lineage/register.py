@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ from graft.lineage.infer import ParentGuesser
 from graft.lineage.record import ensure_deltas
 from graft.lineage.runs import checkpoint_name, checkpoints_in, has_weights, previous_checkpoint
 from graft.lineage.share import push
-from graft.registry import AddResult, ArtifactNotFound, Store, add
+from graft.registry import AddResult, ArtifactNotFound, GraftError, Manifest, Store, add, amend
 from graft.registry.repack import after_add, repack_mode
+
+DECLARED_BASE = "declared_base"  # meta of an artifact whose declared base was not registered
 
 
 def register(
@@ -60,9 +63,13 @@ def register(
         method = method or declared.method
         if parent is None and declared.base:
             parent = _registered(store, base_candidates(declared.base), path / declared.base)
+            if parent is None:  # linked to it when it is added (`link_declared_children`)
+                meta.setdefault(DECLARED_BASE, declared.base)
     if parent is None and infer_parent:
         options["choose_parent"] = ParentGuesser(store)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
+    if not result.existed:
+        result = replace(result, linked=tuple(link_declared_children(store, result.manifest)))
     if mode == "inline":
         ensure_deltas(store, [result.manifest.id])
     after_add(
@@ -106,6 +113,35 @@ def register_run(
     if has_weights(folder):
         results.append(register(folder, parent=previous, name=run, store=store, **options))
     return results
+
+
+def link_declared_children(store: Store, base: Manifest) -> list[str]:
+    """Give `base` as parent to the artifacts without one whose files declare it as
+    their base (recorded as meta `declared_base` when they were added before it);
+    their amended NAME@N. One that cannot take it (only on a remote; it would make
+    a cycle) is left as it is."""
+    with store.catalog.reading() as con:
+        rows = con.execute(
+            "SELECT name, version, source_path, declared FROM ("
+            "  SELECT *, json_extract_string(user_metadata, ?) AS declared FROM artifacts"
+            ") a WHERE declared IS NOT NULL AND id <> ? "
+            "AND NOT EXISTS (SELECT 1 FROM edges e WHERE e.child_id = a.id) ORDER BY created_at",
+            [f"$.{DECLARED_BASE}", base.id],
+        ).fetchall()
+    linked = []
+    for name, version, source, declared in rows:
+        by_path = (
+            source is not None
+            and base.source is not None
+            and (Path(source) / declared).resolve() == Path(base.source).resolve()
+        )
+        if base.name in base_candidates(declared) or by_path:
+            try:
+                child = amend(store, f"{name}@{version}", parent=base.id)
+            except GraftError:
+                continue
+            linked.append(child.ref)
+    return linked
 
 
 def _registered(store: Store, names: list[str], as_path: Path) -> str | None:

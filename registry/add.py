@@ -58,6 +58,9 @@ class AddResult:
     bytes_new: int  # blob and manifest bytes this add wrote
     existed: bool  # the same content was already registered
     skipped: tuple[str, ...]  # input files left out, with why
+    # Artifacts registered before it that declare it as their base, now linked to it
+    # (`lineage.register` fills it in).
+    linked: tuple[str, ...] = ()
 
 
 def add(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 from graft.registry import Store, amend
 from graft.registry.amendments import Amendment
-from tests.conftest import graft_json, make_model
+from tests.conftest import SAMPLES, graft_json, make_model
 from tests.procs import GRAFT, graft_env
 from tests.test_diff import _checkpoint
 
@@ -140,3 +141,46 @@ def test_amend_and_adds_from_other_processes_at_once(graft, tmp_path, store_dir)
     assert {f"m{i}" for i in range(4)} <= {r["name"] for r in graft_json(graft, "ls")}
     amended = amend(Store.open(store_dir), "ft", meta={"k": "v"})
     assert amended.meta == {"k": "v"} and amended.method == "orpo"
+
+
+def _adapter_declaring(folder, base: str):  # type: ignore[no-untyped-def]
+    """The sample LoRA, copied with `base` as the base its config declares."""
+    shutil.copytree(SAMPLES / "lora-copy", folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_adapter_added_before_its_declared_base_is_linked_when_the_base_arrives(graft, tmp_path):
+    early = graft("add", _adapter_declaring(tmp_path / "early", "org/tiny-llama"), "--json")
+    assert json.loads(early.stdout)["parents"] == []
+    assert "declare base 'org/tiny-llama', which is not registered" in early.stderr
+    assert _row(graft, "early@1")["parents"] == []
+    graft("add", make_model(tmp_path / "unrelated"))  # another name: nothing linked
+    assert _row(graft, "early@1")["parents"] == []
+
+    base = graft("add", SAMPLES / "tiny-llama", "--json")  # "tiny-llama": the declared name's end
+    assert json.loads(base.stdout)["linked"] == ["early@1"]
+    assert "linked early@1 to tiny-llama@1, the base its files declare" in base.stderr
+    assert _row(graft, "early@1")["parents"] == ["tiny-llama@1"]
+    touched = graft_json(graft, "touched", "early")  # measured against the base now
+    assert touched and all(t["parent"] == "tiny-llama@1" for t in touched)
+    again = graft("add", SAMPLES / "tiny-llama", "--name", "tiny-llama", "--json")
+    assert json.loads(again.stdout)["linked"] == []  # already linked: nothing more
+
+
+def test_a_base_declared_by_relative_path_is_linked_by_path(graft, tmp_path):
+    graft("add", _adapter_declaring(tmp_path / "adapter", "../weights"))
+    shutil.copytree(SAMPLES / "tiny-llama", tmp_path / "weights")
+    added = graft_json(graft, "add", tmp_path / "weights", "--name", "renamed-base")
+    assert added["linked"] == ["adapter@1"]
+    assert _row(graft, "adapter@1")["parents"] == ["renamed-base@1"]
+
+
+def test_a_given_parent_records_no_declared_base(graft, tmp_path):
+    graft("add", make_model(tmp_path / "base"))
+    graft("add", _adapter_declaring(tmp_path / "ad", "tiny-llama"), "--parent", "base")
+    assert "declared_base" not in graft_json(graft, "show", "ad")["meta"]
+    assert graft_json(graft, "add", SAMPLES / "tiny-llama")["linked"] == []
+    assert _row(graft, "ad@1")["parents"] == ["base@1"]

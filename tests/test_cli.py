@@ -41,7 +41,10 @@ def test_json_goes_to_stdout_and_notes_to_stderr(graft):
     doc = json.loads(result.stdout)
     assert {"id", "name", "version", "kind", "tensors", "bytes_new"} <= doc.keys()
     assert (doc["kind"], doc["tensors"]) == ("adapter", 24)
-    assert result.stderr == "graft: no registered artifact looks like its parent\n"
+    assert result.stderr == (
+        "graft: its files declare base 'tiny-llama', which is not registered: "
+        "no parent recorded; adding 'tiny-llama' links it\n"
+    )
 
 
 def test_progress_bar_on_a_terminal(tmp_path):

@@ -12,12 +12,14 @@ from textual.geometry import Region
 from textual.widgets import Button, Input, ProgressBar, Static
 
 from graft import lineage, registry
-from graft.registry import Store
+from graft.registry import ArtifactRow, Store
 from graft.tui.app import GraftApp
 from graft.tui.screens import add_dialog
 from graft.tui.screens.add_dialog import AddDialog, path_problem, suggested_methods
+from graft.tui.screens.amend_dialog import AmendDialog
 from graft.tui.screens.help import HelpScreen
 from graft.tui.widgets import ArtifactTree
+from tests.conftest import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_artifacts"
@@ -307,3 +309,78 @@ def test_progress_is_throttled(store: Store, monkeypatch: pytest.MonkeyPatch) ->
         report(done, 1000)
     assert 15 <= len(posted) <= 22  # about 20 a second
     assert (posted[-1].done, posted[-1].total) == (1000, 1000)
+
+
+# An adapter added before its base, and `e`: `graft amend` from the TUI.
+
+
+async def test_adding_a_declared_base_links_the_adapter_added_before_it(store: Store) -> None:
+    lineage.register(SAMPLES / "lora-copy", store=store)  # declares base tiny-llama
+    app = GraftApp(store.root, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _settle(app, pilot)
+        tree = app.query_one(ArtifactTree)
+        assert tree.structure()[""] == ["lora-copy@1"]  # an orphan, for now
+        dialog = await _open(app, pilot)
+        await _type(pilot, dialog, "path", str(SAMPLES / "tiny-llama"))
+        await pilot.press("enter")
+        await _settle(app, pilot)
+        assert tree.structure()[""] == ["tiny-llama@1"]
+        assert tree.structure()["tiny-llama@1"] == ["lora-copy@1"]
+        assert any(
+            "linked lora-copy@1 to it: the base their files declare" in n.message
+            for n in app._notifications
+        )
+    assert registry.list_artifacts(store, name="lora-copy")[0].parents == ["tiny-llama@1"]
+
+
+async def _amend_dialog(app: GraftApp, pilot: Any, ref: str) -> AmendDialog:
+    await _settle(app, pilot)
+    assert app.query_one(ArtifactTree).select_ref(ref)
+    await pilot.press("e")
+    await pilot.pause()
+    assert isinstance(app.screen, AmendDialog)
+    return app.screen
+
+
+async def test_e_amends_the_parent_and_method_of_the_selected_artifact(
+    seeded: Store, tmp_path: Path
+) -> None:
+    lineage.register(make_model(tmp_path / "ft"), store=seeded)  # a root: it declares nothing
+    before = registry.list_artifacts(seeded)
+    app = GraftApp(seeded.root, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        dialog = await _amend_dialog(app, pilot, "ft@1")
+        assert dialog.query_one("#parent", Input).has_focus
+        assert dialog.query_one("#parent", Input).placeholder == "NAME@N; now: none"
+        await pilot.press("enter")  # nothing typed
+        assert _message(dialog) == "nothing to amend: type a parent, a method or a name"
+        await _type(pilot, dialog, "parent", "nope@1")
+        await pilot.press("enter")
+        await _settle(app, pilot)
+        assert _message(dialog).startswith("parent 'nope@1' is not in the store")
+        assert isinstance(app.screen, AmendDialog)
+        assert registry.list_artifacts(seeded) == before
+        dialog.query_one("#parent", Input).value = ""
+        await _type(pilot, dialog, "parent", "tiny-llama@1")
+        await _type(pilot, dialog, "method", "dpo")
+        await pilot.press("enter")
+        await _settle(app, pilot)
+        assert not isinstance(app.screen, AmendDialog)
+        [row] = registry.list_artifacts(seeded, name="ft")
+        assert (row.parents, row.method) == (["tiny-llama@1"], "dpo")
+        tree = app.query_one(ArtifactTree)
+        assert tree.current is not None and tree.current.ref == "ft@1"
+        assert tree.structure()["tiny-llama@1"] == ["ft@1"]
+
+
+async def test_a_merge_is_amended_without_its_parents(seeded: Store) -> None:
+    row = ArtifactRow("0" * 32, "soup", 1, "merge", "2026-01-01", 0, 0, "ties", ["a@1", "b@1"])
+    app = GraftApp(seeded.root, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        dialog = AmendDialog(seeded, row)
+        await app.push_screen(dialog)
+        await pilot.pause()
+        parent = dialog.query_one("#parent", Input)
+        assert parent.disabled and "its parents are its inputs" in parent.placeholder
+        assert dialog.query_one("#method", Input).has_focus

@@ -27,6 +27,7 @@ from graft.registry import ArtifactDetail, ArtifactRow, GraftError, Store
 from graft.tui.grids import parents_of
 from graft.tui.render import made_by
 from graft.tui.screens.add_dialog import AddDialog
+from graft.tui.screens.amend_dialog import AmendDialog
 from graft.tui.screens.help import HelpScreen
 from graft.tui.widgets import (
     ArtifactTree,
@@ -73,9 +74,12 @@ class GraftApp(App[None]):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Clear filter", key_display="esc", show=False),
         Binding("a", "add", "Add"),
+        Binding("e", "amend", "Amend"),
         Binding("b", "build_merge", "Merge"),
-        Binding("m", "methods", "Methods"),
-        Binding("r", "refresh", "Refresh"),
+        # Left out of the footer, which has room for 80 columns only without them:
+        # the Methods tab has its number key, and the list refreshes itself.
+        Binding("m", "methods", "Methods", show=False),
+        Binding("r", "refresh", "Refresh", show=False),
         Binding("p", "picture", "Picture"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("1", "tab(1)", "Tabs", key_display="1-5"),
@@ -125,7 +129,7 @@ class GraftApp(App[None]):
                     yield MethodsView(id="methods")
                 with TabPane("Series", id="series-tab"):
                     yield SeriesView(id="series")
-        yield Footer()
+        yield Footer(compact=True)  # every key fits in 80 columns
 
     def on_mount(self) -> None:
         self.query_one(ArtifactTree).tree_view.focus()
@@ -322,6 +326,20 @@ class GraftApp(App[None]):
         rows = self.rows or []
         dialog = AddDialog(
             self.store(), refs=[r.ref for r in rows], methods=[r.method for r in rows if r.method]
+        )
+        self.push_screen(dialog, self._select_new)
+
+    def action_amend(self) -> None:
+        current = self.query_one(ArtifactTree).current
+        if current is None:
+            self.notify("select an artifact to amend first", severity="warning")
+            return
+        rows = self.rows or []
+        dialog = AmendDialog(
+            self.store(),
+            current,
+            refs=[r.ref for r in rows],
+            methods=[r.method for r in rows if r.method],
         )
         self.push_screen(dialog, self._select_new)
 

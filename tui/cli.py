@@ -175,7 +175,16 @@ def _added(
         render.err.print(_suggestion_note(suggestion, recorded=bool(m.parents)))
     elif parent is None and not result.existed and not m.parents:
         suggestion = lineage.guess_parent(store, m.files, exclude=m.id)
-        render.err.print(_suggestion_note(suggestion, recorded=False))
+        declared = m.meta.get(lineage.DECLARED_BASE)
+        if declared:
+            render.err.print(
+                f"graft: its files declare base {declared!r}, which is not registered: "
+                f"no parent recorded; adding {declared!r} links it"
+            )
+        if suggestion is not None or not declared:
+            render.err.print(_suggestion_note(suggestion, recorded=False))
+    for ref in result.linked:
+        render.err.print(f"graft: linked {ref} to {m.ref}, the base its files declare")
     for note in result.skipped:
         if not note.endswith("(sub-folder)") or given is not None:
             render.err.print(f"graft: skipped {note}")
@@ -208,6 +217,7 @@ def _added(
         "bytes_new": result.bytes_new,
         "existed": result.existed,
         "skipped": list(result.skipped),
+        "linked": list(result.linked),
         "parents": [p.id for p in m.parents],
         "suggested_parent": render.to_plain(suggestion),
     }

@@ -199,7 +199,17 @@ class AddDialog(ModalScreen[str | None]):
                 title="graft: already registered",
             )
         else:
-            self.app.notify(f"added {ref} ({result.manifest.kind})", title="graft")
+            notes = [f"added {ref} ({result.manifest.kind})"]
+            declared = result.manifest.meta.get(lineage.DECLARED_BASE)
+            if declared and not result.manifest.parents:
+                notes.append(
+                    f"its files declare base {declared!r}, not registered: adding it links it"
+                )
+            if result.linked:
+                notes.append(
+                    f"linked {', '.join(result.linked)} to it: the base their files declare"
+                )
+            self.app.notify("; ".join(notes), title="graft")
         self._set_busy(False)
         self.dismiss(ref)
 

@@ -43,7 +43,9 @@ class HelpScreen(ModalScreen[None]):
 
     def rows(self) -> list[tuple[str, str]]:
         """(key, what it does) for each binding, then the tree's keys."""
-        keys = [(self.app.get_key_display(b), b.description) for b in self.bindings]
+        keys = [
+            (self.app.get_key_display(b), b.description) for b in self.bindings if b.description
+        ]
         return keys + list(TREE_KEYS)
 
     def compose(self) -> ComposeResult:
