@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 import yaml
-from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, SelectionList, Static
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Input,
+    Label,
+    ProgressBar,
+    Select,
+    SelectionList,
+    Static,
+)
 
 from graft import lineage, registry
 from graft.merge import load_config
@@ -497,3 +506,41 @@ def test_draft_checks_come_from_the_method_registry(tmp_path: Path) -> None:
         "models": [{"model": "x", "parameters": {"weight": 2}}],
         "parameters": {"rescale": True},
     }
+
+
+async def test_the_replace_prompt_fits_80_columns_and_saved_goes_with_the_next_edit(
+    store_path: Path, tmp_path: Path
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        existing = tmp_path / "a-folder-with-a-rather-long-name" / "and-a-long-file-name.yaml"
+        existing.parent.mkdir()
+        existing.write_text("# mine\n")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        await _type(pilot, app.screen.query_one("#save-path", Input), str(existing))
+        await pilot.press("enter")
+        await pilot.pause()
+        ask = app.screen.query_one("#save-ask", Label)
+        said = f"{existing} exists: enter again to replace it, or change the name"
+        assert str(ask.render()) == said
+        box = app.screen.query_one("#save-box")
+        assert ask.region.right <= box.content_region.right  # wrapped, not cut
+        assert ask.size.height * ask.size.width >= len(said)
+        await pilot.press("enter")
+        await pilot.pause()
+        status = screen.query_one("#status", Static)
+        assert str(status.render()) == f"saved {existing}"
+        # Any edit makes the draft differ from what was saved: the line goes.
+        inputs: SelectionList[str] = screen.query_one("#inputs", SelectionList)
+        inputs.focus()
+        await pilot.press("space")  # picks or unpicks the highlighted input
+        await pilot.pause()
+        assert str(status.render()) == ""
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        await pilot.press("escape")  # back without saving
+        await pilot.pause()
+        assert app.screen is screen

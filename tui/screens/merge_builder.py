@@ -201,6 +201,7 @@ class MergeBuilder(ModalScreen[str | None]):
 
     @on(Select.Changed, "#method")
     async def _method_changed(self) -> None:
+        self._status(Text(""))  # a failure or "saved" is about the draft as it was
         spec = METHODS[self.method]
         self.query_one("#method-doc", Static).update(Text(spec.reference, style="dim"))
         self.query_one("#base", Select).disabled = not spec.uses_base
@@ -211,11 +212,13 @@ class MergeBuilder(ModalScreen[str | None]):
 
     @on(Select.Changed, "#base")
     async def _base_changed(self) -> None:
+        self._status(Text(""))
         self._offer_inputs()
         await self._show_input_params()
 
     @on(SelectionList.SelectedChanged, "#inputs")
     async def _inputs_changed(self) -> None:
+        self._status(Text(""))
         await self._show_input_params()
 
     def _offer_inputs(self, chosen: tuple[str, ...] = ()) -> None:
