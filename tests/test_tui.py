@@ -448,6 +448,13 @@ async def test_an_empty_store_says_what_to_do(tmp_path: Path) -> None:
         hint = str(app.query_one(Overview).render())
         assert "press a to add one" in hint and "graft add" in hint
         assert app.sub_title == "0 artifacts"
+        for size in ((120, 40), (80, 24)):  # the hint wraps in the pane, never cut
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            overview = app.query_one(Overview)
+            pane = overview.parent
+            assert pane is not None and overview.region.right <= pane.region.right
+            assert overview.size.height >= 2
 
 
 async def test_number_keys_switch_tabs_and_the_footer_says_so(store_path: Path) -> None:

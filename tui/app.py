@@ -202,7 +202,7 @@ class GraftApp(App[None]):
     def _update_lists(self, rows: list[ArtifactRow]) -> None:
         self.query_one(MethodsView).show_methods(made_by(r) for r in rows)
         if not rows:
-            self.query_one(Overview).update(
+            self.query_one(Overview).say(
                 "No artifacts in this store yet: press a to add one (or run "
                 "`graft add PATH`), or try `graft tui --demo`."
             )
@@ -217,7 +217,7 @@ class GraftApp(App[None]):
         self.sub_title = f"{message.shown} of {total} {noun} shown"
         if not message.shown and total:
             self.shown = self.loaded = None  # what the panes showed is filtered out
-            self.query_one(Overview).update(
+            self.query_one(Overview).say(
                 f"No artifact matches {message.query!r}: esc clears the filter."
             )
             self.query_one(LayerHeatmap).show([], [], "")

@@ -21,10 +21,17 @@ class Overview(Static):
     """Kind, method, id, size, dates, parents, children and shared tensors."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__("select an artifact", id=id)
+        super().__init__("select an artifact", id=id, classes="-message")
         self.fields: dict[str, str] = {}
 
+    def say(self, message: str) -> None:
+        """A message instead of an artifact, wrapped to the pane (fields scroll sideways)."""
+        self.fields = {}
+        self.add_class("-message")
+        self.update(message)
+
     def show(self, detail: ArtifactDetail, touches: Sequence[Touch]) -> None:
+        self.remove_class("-message")
         m = detail.manifest
         parents = [s for s in detail.ancestors if s.depth == 1]
         used = {p.id: p.params for p in m.parents}  # a merge's role and weights per input
