@@ -230,11 +230,11 @@ async def test_the_form_follows_the_method_declaration(store_path: Path) -> None
         assert "tiny-llama@1" in offered
         # what an empty Rank means depends on the method: exact only where it is
         rank = screen.query_one("#rank", Input)
-        assert rank.placeholder == "adapters only; empty: exact (sum of ranks)"
+        assert rank.placeholder == "adapters; empty: exact (rank sum)"
         screen.query_one("#method", Select).value = "ties"
         await pilot.pause()
         await pilot.pause()
-        assert rank.placeholder == "adapters only; empty: sum of ranks, by SVD"
+        assert rank.placeholder == "adapters; empty: rank sum, by SVD"
 
 
 async def test_cancelling_a_running_merge_leaves_nothing(
@@ -327,8 +327,11 @@ async def test_an_unwritable_folder_fails_in_one_graft_line_cleared_by_the_next_
         status = str(screen.query_one("#status", Static).render())
         assert status.startswith("merge failed: cannot write the merge into /proc/graft-out: ")
         assert "Error" not in status and "partial" not in status
+        problems = screen.query_one("#problems", Static)
+        assert str(problems.render()) == "✗ the run failed: see below"  # not "ready to run"
         await _type(pilot, folder, str(store_path.parent / "soup"))
         assert str(screen.query_one("#status", Static).render()) == ""
+        assert str(problems.render()) == "✓ ready to run"
     assert len(list_artifacts(Store.open(store_path))) == 4
 
 
@@ -515,6 +518,8 @@ async def test_the_replace_prompt_fits_80_columns_and_saved_goes_with_the_next_e
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await _open_builder(app, pilot, on="lora-copy@1")
         await _ties_of_two_adapters(screen, pilot)
+        rank = screen.query_one("#rank", Input)
+        assert 0 < len(rank.placeholder) <= rank.content_region.width  # the hint is not cut
         existing = tmp_path / "a-folder-with-a-rather-long-name" / "and-a-long-file-name.yaml"
         existing.parent.mkdir()
         existing.write_text("# mine\n")

@@ -434,11 +434,13 @@ class MergeBuilder(ModalScreen[str | None]):
             self.query_one("#form").disabled = False
             self.query_one("#progress", ProgressBar).display = False
             error = event.worker.error
+            self._show_state()
             if isinstance(error, MergeCancelled):
                 self._status(Text("merge cancelled: nothing written or registered", "yellow"))
-            else:
+            else:  # the draft's checks passed, the run did not: not "ready to run"
                 self._status(Text(f"merge failed: {_describe(error)}", style="red"))
-            self._show_state()
+                failed = Text("✗ the run failed: see below", style="red")
+                self.query_one("#problems", Static).update(failed)
             if self._focused is not None:
                 self._focused.focus()
 
@@ -531,10 +533,10 @@ def _summary(outcome: MergeOutcome, name: str) -> str:
 
 
 def _rank_hint(method: str) -> str:
-    """What an empty Rank means for a merge of adapters by `method`."""
+    """What an empty Rank means for a merge of adapters by `method` (fits 80 columns)."""
     if method in EXACT_METHODS:
-        return "adapters only; empty: exact (sum of ranks)"
-    return "adapters only; empty: sum of ranks, by SVD"
+        return "adapters; empty: exact (rank sum)"
+    return "adapters; empty: rank sum, by SVD"
 
 
 def _describe(error: BaseException | None) -> str:
