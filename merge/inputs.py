@@ -150,7 +150,15 @@ class LocalModel:
 
     def companion(self, rel: str) -> bytes | None:
         path = self._companions.get(rel)
-        return path.read_bytes() if path else None
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as e:  # e.g. permissions; not the output's fault
+            raise MergeInputError(
+                f"{path}: cannot read it ({e.strerror})",
+                "make it readable, or merge the registered artifact instead",
+            ) from e
 
     def companions(self) -> list[str]:
         return list(self._companions)

@@ -359,15 +359,19 @@ def test_a_full_disk_while_writing_is_a_graft_error_and_leaves_nothing(
 def test_an_unreadable_input_is_not_blamed_on_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from graft.merge import inputs
+    real = Path.read_bytes
 
-    def unreadable(self: object, rel: str) -> bytes:
-        raise PermissionError(13, "Permission denied", str(Path(BASE) / rel))
+    def unreadable(path: Path) -> bytes:
+        if path.name == "config.json" and path.parent == Path(BASE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
 
-    monkeypatch.setattr(inputs.LocalModel, "companion", unreadable)
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
     doc = config(merge_method="linear", models=[BASE, SFT], parameters={"weight": 1})
-    with pytest.raises(PermissionError):
+    with pytest.raises(MergeInputError) as caught:
         run(build_plan(parse_config(doc), None), tmp_path / "out")
+    assert str(caught.value).startswith(f"{Path(BASE) / 'config.json'}: cannot read it (Permission")
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 
 def test_cli_reports_an_unwritable_output_in_one_line(

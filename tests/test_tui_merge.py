@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import threading
@@ -310,6 +311,31 @@ async def test_a_failing_merge_is_shown_and_registers_nothing(store_path: Path) 
         assert name.has_focus  # where the user was
     assert len(list_artifacts(Store.open(store_path))) == 4
     assert not (store_path.parent / "soup").exists()
+
+
+async def test_a_full_disk_fails_in_one_graft_line_and_registers_nothing(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graft.merge import writer
+
+    def full(self: object, name: str, tensor: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.ShardWriter, "write", full)
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        await _ties_of_two_adapters(screen, pilot)
+        await pilot.press("ctrl+r")
+        await _settle(app, pilot)
+        status = str(screen.query_one("#status", Static).render())
+        out = Path.cwd() / "soup"  # the folder the draft names, in the test's folder
+        assert status == (
+            "merge failed: cannot write the merge into soup: No space left on device; "
+            "choose a folder you can write to, on a disk with room for the output"
+        )
+        assert not out.exists()
+    assert len(list_artifacts(Store.open(store_path))) == 4
 
 
 async def test_an_unwritable_folder_fails_in_one_graft_line_cleared_by_the_next_edit(
