@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from rich.console import Console
 from rich.table import Table
 from textual.widgets import Static, TabbedContent
+from textual.widgets._footer import FooterKey
 
 import graft.tui.app as tui_app
 from graft import lineage, registry
@@ -465,6 +466,9 @@ async def test_number_keys_switch_tabs_and_the_footer_says_so(store_path: Path) 
         shown = [b.binding for b in app.active_bindings.values() if b.binding.show]
         footer_keys = {b.key_display for b in shown}
         assert "1-5" in footer_keys
+        drawn = {k.key_display: k.region for k in app.query(FooterKey)}
+        palette = drawn.pop("^p")  # docked on the right, over whatever runs under it
+        assert max(r.right for r in drawn.values()) <= palette.x  # every key in sight
         for key, pane in (("2", "layers-tab"), ("3", "tensors-tab"), ("5", "series-tab")):
             await pilot.press(key)
             await pilot.pause()
