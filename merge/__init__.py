@@ -10,10 +10,11 @@ from graft.exports import lazy_exports
 
 if TYPE_CHECKING:
     from graft.merge.api import MergeOutcome, fold_adapter, merge_models
+    from graft.merge.chunks import TensorJob
     from graft.merge.config import MergeConfig, load_config, parse_config
     from graft.merge.errors import AdapterError, MergeCancelled, MergeConfigError, MergeInputError
     from graft.merge.executor import run
-    from graft.merge.methods import METHODS, Method, Param, TensorJob, get_method
+    from graft.merge.methods import METHODS, Method, Param, get_method
     from graft.merge.plan import MergePlan, build_plan
     from graft.merge.results import MergeProgress, MergeResult
 
@@ -29,7 +30,8 @@ __all__ = lazy_exports(
             "MergeInputError",
         ),
         "graft.merge.executor": ("run",),
-        "graft.merge.methods": ("METHODS", "Method", "Param", "TensorJob", "get_method"),
+        "graft.merge.chunks": ("TensorJob",),
+        "graft.merge.methods": ("METHODS", "Method", "Param", "get_method"),
         "graft.merge.plan": ("MergePlan", "build_plan"),
         "graft.merge.results": ("MergeProgress", "MergeResult"),
     },

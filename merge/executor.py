@@ -24,6 +24,7 @@ import torch
 
 from graft.lineage.tensors import TORCH_DTYPES
 from graft.merge.buffers import BufferPool
+from graft.merge.chunks import TensorIn, TensorJob
 from graft.merge.errors import (
     MergeCancelled,
     MergeConfigError,
@@ -31,7 +32,6 @@ from graft.merge.errors import (
     MergeOutputError,
 )
 from graft.merge.inputs import FoldedModel, LocalModel, StoredModel, span_tensor
-from graft.merge.methods import TensorIn, TensorJob
 from graft.merge.output import companion_files, lineage_metadata, model_card, write_companions
 from graft.merge.plan import MergePlan, TensorRef, TensorTask
 from graft.merge.results import MergeProgress, MergeResult, Written

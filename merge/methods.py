@@ -32,11 +32,24 @@ import numpy as np
 import torch
 import xxhash
 
+from graft.merge.chunks import (
+    ParamValue,
+    TensorIn,
+    TensorJob,
+    cast_to_out,
+    f32,
+    flat,
+    input_weights,
+    output_for,
+    part_of,
+    row_width,
+    scratch_for,
+    spans_of,
+)
 from graft.merge.errors import MergeConfigError, MergeInputError
 
 ParamKind = Literal["float", "bool"]
 Scope = Literal["input", "global"]
-ParamValue = float | bool
 
 # The spec's tolerances: below the epsilons a norm, divisor or denominator counts as zero.
 _RESCALE_EPS = 1e-7
@@ -97,46 +110,6 @@ class Param:
         if too_low or too_high:
             return f"must be in {self.range_text}"
         return None
-
-
-class SpanTensor(Protocol):
-    """A tensor too large to hold whole beside its fp32 work: read a span of its
-    flattened elements at a time (already on the job's device)."""
-
-    @property
-    def shape(self) -> torch.Size: ...
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def numel(self) -> int: ...
-
-    def dim(self) -> int: ...
-
-    def span(self, span: slice) -> torch.Tensor: ...
-
-
-TensorIn = torch.Tensor | SpanTensor
-
-
-@dataclass(frozen=True)
-class TensorJob:
-    """Everything one output tensor's merge needs, on one device (any float dtype).
-
-    `inputs` are the non-base inputs θ1..θN in config order (for linear and passthrough: all
-    inputs, the base included if it is one); an input's index in this tuple keys its random
-    mask. `input_params[i]` holds input i's input-scope values and `params` the global ones;
-    missing values that have a default are filled in by `Method.merge`.
-    """
-
-    name: str
-    base: TensorIn | None
-    inputs: tuple[TensorIn, ...]
-    input_params: tuple[dict[str, ParamValue], ...]
-    params: dict[str, ParamValue]
-    seed: int = 0
-    out_dtype: torch.dtype = torch.float32  # the result's dtype (computed in fp32)
-    out: torch.Tensor | None = None  # memory for the result (its dtype and shape), if given
 
 
 Formula = Callable[[TensorJob], torch.Tensor]
@@ -259,72 +232,6 @@ class Method:
                     "set it under the model's parameters or at the top level",
                 )
         return resolved
-
-
-# ---------------------------------------------------------------- chunks
-# Formulas stream over the flattened tensors in spans of CHUNK elements: the
-# inputs stay in their own dtype (bf16 is half of fp32) and only a few fp32
-# spans exist at a time, so a 500 MB embedding never has fp32 copies of every
-# input. Whole-tensor quantities (TIES thresholds, L1 norms, slerp's angle,
-# model_stock's cosines) take a pass of their own first. Sums accumulate in
-# float64 so their value does not depend on how torch splits them over threads.
-
-CHUNK = 1 << 20
-
-
-def _spans(n: int, align: int = 1) -> list[slice]:
-    """Consecutive spans of about CHUNK elements, each a multiple of `align` long
-    (whole rows, for the per-row formulas)."""
-    step = max(align, CHUNK // align * align)
-    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
-
-
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(-1)
-
-
-def _part(tensor: TensorIn, span: slice) -> torch.Tensor:
-    """A span of the flattened tensor in its own dtype (a view when it can be)."""
-    return _flat(tensor)[span] if isinstance(tensor, torch.Tensor) else tensor.span(span)
-
-
-def _f32(tensor: TensorIn, span: slice, into: torch.Tensor | None = None) -> torch.Tensor:
-    """An fp32 copy of a span (formulas work on it in place), in the front of
-    `into` when given: reusing memory spares the page faults of a fresh buffer."""
-    part = _part(tensor, span)
-    if into is None:
-        return part.to(torch.float32, copy=True)
-    return into[: part.numel()].copy_(part)
-
-
-def _cast(job: TensorJob, tensor: TensorIn) -> torch.Tensor:
-    """`tensor` in the output dtype (itself when it already is one)."""
-    if isinstance(tensor, torch.Tensor):
-        return tensor.to(job.out_dtype)
-    out = _output(job, tensor)
-    for span in _spans(tensor.numel()):
-        _flat(out)[span] = _f32(tensor, span)
-    return out
-
-
-def _scratch(spans: list[slice], device: torch.device) -> torch.Tensor:
-    """An fp32 buffer for the longest of `spans`."""
-    return torch.empty(max((s.stop - s.start for s in spans), default=0), device=device)
-
-
-def _row_width(tensor: TensorIn) -> int:
-    """Elements per row: rows are along dim 0; 0-D and 1-D tensors are one row."""
-    return tensor.numel() if tensor.dim() <= 1 else math.prod(tensor.shape[1:])
-
-
-def _output(job: TensorJob, like: TensorIn) -> torch.Tensor:
-    if job.out is not None:
-        return job.out
-    return torch.empty(like.shape, dtype=job.out_dtype, device=like.device)
-
-
-def _weights(job: TensorJob) -> list[float]:
-    return [float(values["weight"]) for values in job.input_params]
 
 
 # ---------------------------------------------------------------- keyed randomness
@@ -682,14 +589,14 @@ def _magprune(
     if density <= 0:
         return _Keep()
     assert job.base is not None
-    return _Magprune(job, index, density, epsilon, _row_width(job.base))
+    return _Magprune(job, index, density, epsilon, row_width(job.base))
 
 
 # ---------------------------------------------------------------- formulas
 
 
 def _linear(job: TensorJob) -> torch.Tensor:
-    weights = _weights(job)
+    weights = input_weights(job)
     total = math.fsum(weights)
     normalize = bool(job.params["normalize"])
     if normalize and abs(total) < _DIVISOR_EPS:
@@ -698,16 +605,16 @@ def _linear(job: TensorJob) -> torch.Tensor:
             "by them",
             "change the weights or set normalize: false",
         )
-    out = _output(job, job.inputs[0])
-    spans = _spans(out.numel())
-    scratch = _scratch(spans, out.device)
+    out = output_for(job, job.inputs[0])
+    spans = spans_of(out.numel())
+    scratch = scratch_for(spans, out.device)
     for span in spans:
-        acc = _f32(job.inputs[0], span, scratch).mul_(weights[0])
+        acc = f32(job.inputs[0], span, scratch).mul_(weights[0])
         for weight, tensor in zip(weights[1:], job.inputs[1:], strict=True):
-            acc.add_(_part(tensor, span), alpha=weight)  # fp32 += w·x, x widened as read
+            acc.add_(part_of(tensor, span), alpha=weight)  # fp32 += w·x, x widened as read
         if normalize and total != 1:  # x / 1 is x
             acc.div_(total)
-        _flat(out)[span] = acc
+        flat(out)[span] = acc
     return out
 
 
@@ -717,15 +624,15 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
     def formula(job: TensorJob) -> torch.Tensor:
         assert job.base is not None  # checked by Method.merge
         base = job.base
-        n, weights = base.numel(), _weights(job)
-        spans = _spans(n, _row_width(base) if sparsify is _magprune else 1)
+        n, weights = base.numel(), input_weights(job)
+        spans = spans_of(n, row_width(base) if sparsify is _magprune else 1)
         # Up to a size, the task vectors are computed once for every pass.
         kept = _task_vector_spans(job, spans) if _keeps_passes(job) else None
 
         def deltas_of(i: int) -> Deltas:
             if kept is not None:
                 return lambda: iter(kept[i])
-            return lambda: (_f32(job.inputs[i], s).sub_(_f32(base, s)) for s in spans)
+            return lambda: (f32(job.inputs[i], s).sub_(f32(base, s)) for s in spans)
 
         maskers = [
             sparsify(job, i, values, deltas_of(i), n) if sparsify else None
@@ -740,17 +647,17 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
         divisor_all = math.fsum(weights)
         if abs(divisor_all) < _DIVISOR_EPS:
             divisor_all = 1.0
-        out = _output(job, base)
-        scratch = _scratch(spans, base.device)
+        out = output_for(job, base)
+        scratch = scratch_for(spans, base.device)
         for j, span in enumerate(spans):
-            theta0 = _f32(base, span, scratch)
+            theta0 = f32(base, span, scratch)
             weighted = []
             for i, masker in enumerate(maskers):
                 # the last pass: it may change the kept task vectors in place
                 delta = (
                     kept[i][j]
                     if kept is not None
-                    else torch.sub(_part(job.inputs[i], span), theta0)
+                    else torch.sub(part_of(job.inputs[i], span), theta0)
                 )
                 if masker is not None:
                     delta.mul_(masker(delta, span))
@@ -759,7 +666,7 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
                 _elect(weighted, weights) if consensus else _sum(weighted, divisor_all)
             )
             merged = numerator.div_(divisor) if job.params["normalize"] else numerator
-            _flat(out)[span] = merged.mul_(float(job.params["lambda"])).add_(theta0)
+            flat(out)[span] = merged.mul_(float(job.params["lambda"])).add_(theta0)
         return out
 
     return formula
@@ -778,12 +685,12 @@ def _keeps_passes(job: TensorJob) -> bool:
 def _task_vector_spans(job: TensorJob, spans: list[slice]) -> list[list[torch.Tensor]]:
     """θᵢ − θ₀ of every input, span by span (each span of θ₀ widened once)."""
     assert job.base is not None
-    scratch = _scratch(spans, job.base.device)
+    scratch = scratch_for(spans, job.base.device)
     kept: list[list[torch.Tensor]] = [[] for _ in job.inputs]
     for span in spans:
-        theta0 = _f32(job.base, span, scratch)
+        theta0 = f32(job.base, span, scratch)
         for deltas, tensor in zip(kept, job.inputs, strict=True):
-            deltas.append(torch.sub(_part(tensor, span), theta0))  # widened as it is read
+            deltas.append(torch.sub(part_of(tensor, span), theta0))  # widened as it is read
     return kept
 
 
@@ -832,11 +739,11 @@ def _slerp(job: TensorJob) -> torch.Tensor:
     a, b = job.base, job.inputs[0]
     t = float(job.params["t"])
     if t in (0, 1):
-        return _cast(job, a if t == 0 else b)
-    spans = _spans(a.numel())
+        return cast_to_out(job, a if t == 0 else b)
+    spans = spans_of(a.numel())
     dot = norm_a = norm_b = 0.0
     for span in spans:
-        x, y = _f32(a, span).double(), _f32(b, span).double()
+        x, y = f32(a, span).double(), f32(b, span).double()
         dot, norm_a, norm_b = dot + float(x @ y), norm_a + float(x @ x), norm_b + float(y @ y)
     norm_a, norm_b = math.sqrt(norm_a), math.sqrt(norm_b)
     norm_a = 1.0 if norm_a <= _SLERP_NORM_EPS else norm_a
@@ -848,9 +755,9 @@ def _slerp(job: TensorJob) -> torch.Tensor:
     else:
         theta = math.acos(cosine)
         ca, cb = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    out = _output(job, a)
+    out = output_for(job, a)
     for span in spans:
-        _flat(out)[span] = _f32(a, span).mul_(ca).add_(_f32(b, span), alpha=cb)
+        flat(out)[span] = f32(a, span).mul_(ca).add_(f32(b, span), alpha=cb)
     return out
 
 
@@ -858,26 +765,26 @@ def _model_stock(job: TensorJob) -> torch.Tensor:
     assert job.base is not None  # checked by Method.merge
     base = job.base
     k = len(job.inputs)
-    width = _row_width(base) if job.params["filter_wise"] and base.dim() > 1 else base.numel()
-    out = _output(job, base)
+    width = row_width(base) if job.params["filter_wise"] and base.dim() > 1 else base.numel()
+    out = output_for(job, base)
     # Whole tensor: one "row" of everything, its dot products summed over spans.
     # filter_wise: spans of whole rows, each row with its own interpolation factor.
-    spans = _spans(base.numel(), width if width < base.numel() else 1)
+    spans = spans_of(base.numel(), width if width < base.numel() else 1)
     if width == base.numel():
         gram = torch.zeros(k, k, dtype=torch.float64, device=base.device)
         for span in spans:
-            d = torch.stack([_f32(x, span) for x in job.inputs]).sub_(_f32(base, span))
+            d = torch.stack([f32(x, span) for x in job.inputs]).sub_(f32(base, span))
             gram += d.double() @ d.double().T
         t = _stock_t(gram.unsqueeze(0), k)
         for span in spans:
-            _flat(out)[span] = _stock_mix(job, base, span, t)
+            flat(out)[span] = _stock_mix(job, base, span, t)
         return out
     for span in spans:
-        d = torch.stack([_f32(x, span) for x in job.inputs]).sub_(_f32(base, span))
+        d = torch.stack([f32(x, span) for x in job.inputs]).sub_(f32(base, span))
         rows = d.reshape(k, -1, width).double()
         gram = torch.einsum("irc,jrc->rij", rows, rows)
         t = _stock_t(gram, k).repeat_interleave(width)
-        _flat(out)[span] = _stock_mix(job, base, span, t)
+        flat(out)[span] = _stock_mix(job, base, span, t)
     return out
 
 
@@ -898,21 +805,21 @@ def _stock_t(gram: torch.Tensor, k: int) -> torch.Tensor:
 
 def _stock_mix(job: TensorJob, base: TensorIn, span: slice, t: torch.Tensor) -> torch.Tensor:
     """t·mean(θᵢ) + (1 − t)·θ₀ over one span."""
-    mean = _f32(job.inputs[0], span)
+    mean = f32(job.inputs[0], span)
     for x in job.inputs[1:]:
-        mean.add_(_f32(x, span))
+        mean.add_(f32(x, span))
     mean.div_(len(job.inputs))
-    return mean.mul_(t).add_(_f32(base, span) * (1 - t))
+    return mean.mul_(t).add_(f32(base, span) * (1 - t))
 
 
 def _passthrough(job: TensorJob) -> torch.Tensor:
     scale = float(job.input_params[0]["scale"])
     tensor = job.inputs[0]
     if scale == 1:
-        return _cast(job, tensor)
-    out = _output(job, tensor)
-    for span in _spans(tensor.numel()):
-        _flat(out)[span] = _f32(tensor, span).mul_(scale)
+        return cast_to_out(job, tensor)
+    out = output_for(job, tensor)
+    for span in spans_of(tensor.numel()):
+        flat(out)[span] = f32(tensor, span).mul_(scale)
     return out
 
 

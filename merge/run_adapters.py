@@ -22,8 +22,8 @@ from graft.merge.adapters import (
     dumps,
     truncated,
 )
+from graft.merge.chunks import TensorJob
 from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
-from graft.merge.methods import TensorJob
 from graft.merge.output import lineage_metadata
 from graft.merge.plan import MergePlan, TensorTask
 from graft.merge.results import MergeProgress, Written

@@ -697,7 +697,7 @@ def test_tensors_read_span_by_span_give_the_same_bytes(
     method: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large tensors are read a span at a time, from files and from blobs alike."""
-    from graft.merge import executor, methods
+    from graft.merge import chunks, executor
 
     for model in (BASE, SFT):  # the inputs come from blobs
         register(model, store=store)
@@ -721,7 +721,7 @@ def test_tensors_read_span_by_span_give_the_same_bytes(
     )
     whole = run(build_plan(parse_config(doc), store), tmp_path / "whole", seed=3)
     monkeypatch.setattr(executor, "READ_WHOLE_BELOW", 0)
-    monkeypatch.setattr(methods, "CHUNK", 1000)
+    monkeypatch.setattr(chunks, "CHUNK", 1000)
     spans = run(build_plan(parse_config(doc), store), tmp_path / "spans", seed=3)
     assert whole.touched == spans.touched
     assert weights(tmp_path / "whole").keys() == weights(tmp_path / "spans").keys()

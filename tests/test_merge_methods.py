@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from graft.merge import methods
+from graft.merge import chunks, methods
 from graft.merge.errors import MergeConfigError, MergeInputError
 from graft.merge.methods import (
     METHODS,
@@ -684,4 +684,4 @@ def _spans(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> N
     elements (whole rows for the per-row formulas): the streaming passes must
     agree with the whole-tensor formulas."""
     if request.param == "many spans":
-        monkeypatch.setattr(methods, "CHUNK", 7)
+        monkeypatch.setattr(chunks, "CHUNK", 7)
