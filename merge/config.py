@@ -161,7 +161,7 @@ def parse_config(doc: object, *, source: str = "config") -> MergeConfig:
         if not models:
             raise MergeConfigError(f"{source}: no models to merge", "list them under models:")
 
-    if method.uses_base and base is None:
+    if method.needs_base and base is None:
         raise MergeConfigError(
             f"{source}: {method.name} needs base_model", "name the model the others were tuned from"
         )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import xxhash
 
+from graft.merge import spherical
 from graft.merge.chunks import (
     ParamValue,
     TensorIn,
@@ -48,7 +49,7 @@ from graft.merge.chunks import (
 )
 from graft.merge.errors import MergeConfigError, MergeInputError
 
-ParamKind = Literal["float", "bool"]
+ParamKind = Literal["float", "int", "bool"]
 Scope = Literal["input", "global"]
 
 # The spec's tolerances: below the epsilons a norm, divisor or denominator counts as zero.
@@ -57,6 +58,7 @@ _DIVISOR_EPS = 1e-8
 _SLERP_NORM_EPS = 1e-8
 _SLERP_LERP_ABOVE = 0.9995
 _STOCK_EPS = 1e-6
+_NEARSWAP_EPS = 1e-6  # a difference below this counts as this
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Param:
         number = float(value)
         if not math.isfinite(number):
             return "must be a finite number"
+        if self.kind == "int" and not number.is_integer():
+            return f"must be a whole number, not {value!r}"
         too_low = self.low is not None and (
             number < self.low or (self.low_open and number == self.low)
         )
@@ -129,11 +133,16 @@ class Method:
     name: str
     reference: str
     params: tuple[Param, ...]
-    uses_base: bool
+    uses_base: bool  # a base is not one of the inputs; its role is the method's
     min_inputs: int
     max_inputs: int | None
     formula: Formula
     combination: CombinationCheck | None = None
+    base_optional: bool = False  # uses a base when there is one (multislerp, nuslerp)
+
+    @property
+    def needs_base(self) -> bool:
+        return self.uses_base and not self.base_optional
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -170,7 +179,7 @@ class Method:
 
     def _prepared(self, job: TensorJob) -> TensorJob:
         where = f"tensor {job.name!r}"
-        if self.uses_base and job.base is None:
+        if self.needs_base and job.base is None:
             raise MergeConfigError(
                 f"{self.name} needs a base model ({where})", "set base_model in the config"
             )
@@ -761,6 +770,21 @@ def _slerp(job: TensorJob) -> torch.Tensor:
     return out
 
 
+def _nearswap(job: TensorJob) -> torch.Tensor:
+    """Each element moves from the base towards the model by min(1, t / |θ₁ − θ₀|):
+    where the two are within t of each other it takes the model's value, farther
+    apart it stays near the base."""
+    base, model = job.base, job.inputs[0]
+    assert base is not None
+    t = float(job.params["t"])
+    out = output_for(job, base)
+    for span in spans_of(base.numel()):
+        a, b = f32(base, span), f32(model, span)
+        weight = (t / (a - b).abs_().clamp_(min=_NEARSWAP_EPS)).clamp_(0.0, 1.0)
+        flat(out)[span] = weight * b + (1 - weight) * a
+    return out
+
+
 def _model_stock(job: TensorJob) -> torch.Tensor:
     assert job.base is not None  # checked by Method.merge
     base = job.base
@@ -863,6 +887,25 @@ _T = Param(
 _FILTER_WISE = Param(
     "filter_wise", "bool", False, "global", "Compute the interpolation factor per row."
 )
+
+
+_NEARSWAP_T = Param(
+    "t", "float", None, "global", "Distance below which the model's value is taken.", low=0.0
+)
+_ROW_WISE = Param(
+    "nuslerp_row_wise", "bool", False, "global", "Interpolate each column vector (dim 0)."
+)
+_FLATTEN = Param(
+    "nuslerp_flatten", "bool", True, "global", "One angle for the whole tensor; off: per vector."
+)
+_NORMALIZE_WEIGHTS = Param(
+    "normalize_weights", "bool", True, "global", "Divide the weights by their sum."
+)
+_SPHERE_EPS = Param(
+    "eps", "float", 1e-8, "global", "Added to norms against division by zero.", low=0.0
+)
+_MAX_ITER = Param("max_iter", "int", 10, "global", "Most gradient steps.", low=0.0)
+_TOL = Param("tol", "float", 1e-5, "global", "Stop once a step is shorter than this.", low=0.0)
 
 
 def _density(default: float | None) -> Param:
@@ -1007,6 +1050,44 @@ METHODS: dict[str, Method] = {
             min_inputs=1,
             max_inputs=1,
             formula=_slerp,
+        ),
+        Method(
+            name="nearswap",
+            reference="NearSwap (alchemonaut 2024): the model's value where it is near the base",
+            params=(_NEARSWAP_T,),
+            uses_base=True,
+            min_inputs=1,
+            max_inputs=1,
+            formula=_nearswap,
+        ),
+        Method(
+            name="nuslerp",
+            reference="NuSLERP (mergekit): SLERP of two models, or of their task vectors",
+            params=(_WEIGHT, _ROW_WISE, _FLATTEN),
+            uses_base=True,
+            base_optional=True,
+            min_inputs=2,
+            max_inputs=2,
+            formula=spherical.nuslerp,
+        ),
+        Method(
+            name="multislerp",
+            reference="Multi-SLERP (Goddard 2024): barycentric interpolation on the hypersphere",
+            params=(_WEIGHT, _NORMALIZE_WEIGHTS, _SPHERE_EPS),
+            uses_base=True,
+            base_optional=True,
+            min_inputs=1,
+            max_inputs=None,
+            formula=spherical.multislerp,
+        ),
+        Method(
+            name="karcher",
+            reference="Karcher mean (arXiv:2603.04972): the Riemannian mean of the inputs",
+            params=(_MAX_ITER, _TOL),
+            uses_base=False,
+            min_inputs=1,
+            max_inputs=None,
+            formula=spherical.karcher,
         ),
         Method(
             name="model_stock",

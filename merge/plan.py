@@ -195,8 +195,7 @@ def _adapter_inputs(config: MergeConfig, opened: dict[str, ModelSource]) -> _Ada
     deltas = delta_sources(list(inputs.values()))
     sources: dict[str, ModelSource] = dict(zip(inputs, deltas, strict=True))
     models = tuple(m for m in config.models if m.model != config.base)
-    if config.method.uses_base:
-        assert config.base is not None  # parse_config requires it
+    if config.method.uses_base and config.base is not None:
         sources = {config.base: ZeroBase(deltas[0].targets, base, config.base), **sources}
         models = (*models, InputSpec(config.base))
     return _AdapterInputs(replace(config, models=models), sources, base)
@@ -244,7 +243,7 @@ class _Planner:
 
     def segment_tasks(self, seg: _Segment, i: int, n: int) -> list[TensorTask]:
         base = next((m for m in seg.members if m.source == self.base), None)
-        if self.method.uses_base and base is None:
+        if self.method.needs_base and base is None:
             raise MergeConfigError(
                 f"slices[{i}] has no source from base_model {self.config.base!r}",
                 f"{self.method.name} needs the base in every slice",

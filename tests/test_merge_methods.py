@@ -7,6 +7,7 @@ code path from the torch code; random masks are rebuilt from the same keyed draw
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -504,6 +505,10 @@ def test_registry_lists_every_method_with_its_defaults():
         "slerp",
         "model_stock",
         "passthrough",
+        "nearswap",
+        "nuslerp",
+        "multislerp",
+        "karcher",
     }
 
     def defaults(name):
@@ -520,6 +525,24 @@ def test_registry_lists_every_method_with_its_defaults():
     assert defaults("slerp") == {"t": None}
     assert defaults("model_stock") == {"filter_wise": False}
     assert defaults("passthrough") == {"scale": 1.0}
+    # mergekit 0.1.5's specs: names, defaults, which inputs and base each takes
+    assert defaults("nearswap") == {"t": None}
+    assert defaults("nuslerp") == {
+        "weight": None,
+        "nuslerp_row_wise": False,
+        "nuslerp_flatten": True,
+    }
+    assert defaults("multislerp") == {"weight": None, "normalize_weights": True, "eps": 1e-8}
+    assert defaults("karcher") == {"max_iter": 10, "tol": 1e-5}
+    assert [
+        (m.needs_base, m.uses_base, m.min_inputs, m.max_inputs)
+        for m in (
+            METHODS["nearswap"],
+            METHODS["nuslerp"],
+            METHODS["multislerp"],
+            METHODS["karcher"],
+        )
+    ] == [(True, True, 1, 1), (False, True, 2, 2), (False, True, 1, None), (False, False, 1, None)]
     for method in METHODS.values():
         assert method.reference
         for p in method.params:
@@ -685,3 +708,157 @@ def _spans(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> N
     agree with the whole-tensor formulas."""
     if request.param == "many spans":
         monkeypatch.setattr(chunks, "CHUNK", 7)
+
+
+# ---------------------------------------------------------------- the spherical methods
+# Plain float64 references written from the definitions, on whole vectors (graft
+# works on the vectors' Gram matrix, span by span).
+
+
+def ref_nearswap(a, b, t):
+    weight = np.clip(t / np.maximum(np.abs(a - b), 1e-6), 0, 1)
+    return weight * b + (1 - weight) * a
+
+
+def ref_slerp_vectors(v0, v1, t):
+    """SLERP of two vectors as they are (not normalized), linear where colinear."""
+    n0, n1 = max(np.linalg.norm(v0), 1e-7), max(np.linalg.norm(v1), 1e-7)
+    cos = np.clip((v0 / n0) @ (v1 / n1), -1, 1)
+    if 1 - cos**2 <= 1e-16:
+        return (1 - t) * v0 + t * v1
+    theta = np.arccos(cos)
+    return (np.sin((1 - t) * theta) * v0 + np.sin(t * theta) * v1) / np.sin(theta)
+
+
+def ref_nuslerp(base, x0, x1, t, along):
+    v0, v1 = (x0, x1) if base is None else (x0 - base, x1 - base)
+    if along == "whole":
+        out = ref_slerp_vectors(v0.ravel(), v1.ravel(), t).reshape(v0.shape)
+    elif along == "rows":
+        out = np.stack([ref_slerp_vectors(r0, r1, t) for r0, r1 in zip(v0, v1, strict=True)])
+    else:
+        out = np.stack([ref_slerp_vectors(c0, c1, t) for c0, c1 in zip(v0.T, v1.T, strict=True)]).T
+    return out if base is None else out + base
+
+
+def ref_multislerp(base, xs, weights, eps=1e-8):
+    vs = [x.ravel() if base is None else (x - base).ravel() for x in xs]
+    w = np.asarray(weights) / np.sum(weights)
+    norms = [np.linalg.norm(v) for v in vs]
+    units = [v / (n + eps) for v, n in zip(vs, norms, strict=True)]
+    mean = sum(wi * u for wi, u in zip(w, units, strict=True))
+    mean = mean / np.linalg.norm(mean)
+    tangent = sum(wi * (u - (u @ mean) * mean) for wi, u in zip(w, units, strict=True))
+    size = np.linalg.norm(tangent) + eps
+    out = (mean * np.cos(size) + tangent * np.sin(size) / size) * (np.asarray(norms) @ w)
+    out = out.reshape(xs[0].shape)
+    return out if base is None else out + base
+
+
+def ref_karcher(xs, steps=10, tol=1e-5):
+    vs = [x.ravel() for x in xs]
+    norms = [np.linalg.norm(v) for v in vs]
+    units = [v / n for v, n in zip(vs, norms, strict=True)]
+    alpha = 1 / len(vs)
+    mean = sum(alpha * u for u in units)
+    mean /= np.linalg.norm(mean)
+    for _ in range(steps):
+        tangent = np.zeros_like(mean)
+        for u in units:
+            dot = np.clip(mean @ u, -1, 1)
+            theta = np.arccos(dot)
+            if theta >= tol:
+                tangent += alpha * theta / np.sin(theta) * (u - dot * mean)
+        size = np.linalg.norm(tangent)
+        if size < tol:
+            break
+        mean = np.cos(size) * mean + np.sin(size) * tangent / size
+        mean /= np.linalg.norm(mean)
+    return (alpha * sum(norms) * mean).reshape(xs[0].shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nearswap_matches_reference(shape):
+    base, (model,) = tensors(shape, 1, seed=12)
+    model.flat[::3] = base.flat[::3]  # equal elements: the model's (= the base's) value
+    got = run("nearswap", base, [model], [{}], {"t": 0.05})
+    np.testing.assert_allclose(got, ref_nearswap(f64(base), f64(model), 0.05), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (6, 3), (11,)])
+@pytest.mark.parametrize("with_base", [True, False])
+@pytest.mark.parametrize(
+    ("flatten", "row_wise", "along"),
+    [(True, False, "whole"), (False, False, "rows"), (False, True, "columns")],
+)
+def test_nuslerp_matches_reference(shape, with_base, flatten, row_wise, along):
+    base, xs = tensors(shape, 2, seed=13)
+    params = {"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise}
+    got = run("nuslerp", base if with_base else None, xs, [{"weight": 1}, {"weight": 3}], params)
+    along = "whole" if len(shape) == 1 else along
+    want = ref_nuslerp(f64(base) if with_base else None, f64(xs[0]), f64(xs[1]), 0.75, along)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_nuslerp_of_colinear_vectors_is_linear_and_cancelling_weights_mean_half():
+    a = np.arange(1.0, 13.0).reshape(3, 4)
+    got = run("nuslerp", None, [a, 3 * a], [{"weight": 1}, {"weight": -1}])
+    np.testing.assert_allclose(got, 2 * a, atol=1e-5)  # t = 0.5 on a straight line
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_base", [True, False])
+def test_multislerp_matches_reference(shape, with_base):
+    base, xs = tensors(shape, 3, seed=14)
+    weights = [0.5, 0.2, 0.3]
+    got = run("multislerp", base if with_base else None, xs, [{"weight": w} for w in weights], {})
+    want = ref_multislerp(f64(base) if with_base else None, [f64(x) for x in xs], weights)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_multislerp_of_one_input_is_that_input():
+    base, (x,) = tensors((5, 7), 1, seed=15)
+    assert np.array_equal(run("multislerp", base, [x], [{"weight": 2.0}]), f64(x))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_karcher_matches_reference(shape):
+    _, xs = tensors(shape, 3, seed=16)
+    xs = [x * s for x, s in zip(xs, (1.0, 2.0, 0.5), strict=True)]  # unequal norms
+    got = run("karcher", None, xs, [{}, {}, {}], {"max_iter": 30, "tol": 1e-9})
+    want = ref_karcher([f64(x) for x in xs], steps=30, tol=1e-9)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_karcher_of_two_equal_norms_is_the_geodesic_midpoint():
+    rng = np.random.default_rng(17)
+    a, b = rng.normal(size=40), rng.normal(size=40)
+    b *= np.linalg.norm(a) / np.linalg.norm(b)
+    got = run("karcher", None, [a, b], [{}, {}], {"max_iter": 50, "tol": 1e-10})
+    middle = (a + b) / np.linalg.norm(a + b) * np.linalg.norm(a)
+    np.testing.assert_allclose(got, middle, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "count", "values", "params", "message"),
+    [
+        ("nuslerp", 3, {"weight": 1}, {}, "nuslerp takes exactly 2 input(s), got 3"),
+        ("nearswap", 1, {}, {}, "nearswap needs parameter 't'"),
+        ("nearswap", 2, {}, {"t": 0.1}, "nearswap takes exactly 1 input(s), got 2"),
+        (
+            "karcher",
+            2,
+            {},
+            {"max_iter": 2.5},
+            "max_iter = 2.5 for tensor 'model.w': must be a whole",
+        ),
+        ("multislerp", 2, {}, {}, "multislerp needs parameter 'weight' for input 0"),
+    ],
+)
+def test_spherical_methods_name_the_wrong_parameter_or_count(
+    method, count, values, params, message
+):
+    base, xs = tensors((4, 3), count, seed=18)
+    job = make_job("model.w", base, xs, [values] * count, params)
+    with pytest.raises(MergeConfigError, match=re.escape(message)):
+        get_method(method).merge(job)

@@ -113,6 +113,59 @@ def _configs(models: tuple[str, str, str]) -> dict[str, dict]:
             "base_model": base,
             "models": [{"model": base}, {"model": sft}, {"model": third}],
         },
+        "nearswap": {
+            "merge_method": "nearswap",
+            "base_model": base,
+            "models": [{"model": base}, {"model": sft}],
+            "parameters": {"t": 0.004},
+        },
+        "nuslerp": {  # the task vectors of two fine-tunes, one angle per tensor
+            "merge_method": "nuslerp",
+            "base_model": base,
+            "models": [
+                {"model": sft, "parameters": {"weight": 0.7}},
+                {"model": third, "parameters": {"weight": 0.3}},
+            ],
+        },
+        "nuslerp@rows": {  # the models themselves, one angle per row
+            "merge_method": "nuslerp",
+            "models": [
+                {"model": sft, "parameters": {"weight": 0.4}},
+                {"model": third, "parameters": {"weight": 0.6}},
+            ],
+            "parameters": {"nuslerp_flatten": False},
+        },
+        "nuslerp@columns": {
+            "merge_method": "nuslerp",
+            "base_model": base,
+            "models": [
+                {"model": sft, "parameters": {"weight": 0.5}},
+                {"model": third, "parameters": {"weight": 0.5}},
+            ],
+            "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        },
+        "multislerp": {
+            "merge_method": "multislerp",
+            "base_model": base,
+            "models": [
+                {"model": sft, "parameters": {"weight": 0.6}},
+                {"model": third, "parameters": {"weight": 0.4}},
+            ],
+        },
+        "multislerp@nobase": {
+            "merge_method": "multislerp",
+            "models": [
+                {"model": base, "parameters": {"weight": 1.0}},
+                {"model": sft, "parameters": {"weight": 2.0}},
+                {"model": third, "parameters": {"weight": 1.0}},
+            ],
+            "parameters": {"normalize_weights": True},
+        },
+        "karcher": {
+            "merge_method": "karcher",
+            "models": [{"model": base}, {"model": sft}, {"model": third}],
+            "parameters": {"max_iter": 20, "tol": 1e-6},
+        },
     }
 
 
@@ -183,7 +236,23 @@ def _report(method: str, dtype: str, rows: list[tuple[str, int, int, int]]) -> N
             print(f"  {name}: {ok / n:.3%} within 1 ulp, {why / n:.3%} explained")
 
 
-@pytest.mark.parametrize("method", ["linear", "ties", "dare_ties@1", "slerp", "model_stock"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "linear",
+        "ties",
+        "dare_ties@1",
+        "slerp",
+        "model_stock",
+        "nearswap",
+        "nuslerp",
+        "nuslerp@rows",
+        "nuslerp@columns",
+        "multislerp",
+        "multislerp@nobase",
+        "karcher",
+    ],
+)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_graft_agrees_with_mergekit(
     method: str, dtype: str, models: tuple[str, str, str], tmp_path: Path

@@ -75,7 +75,7 @@ class Draft:
         """
         out: dict[str, str] = {}
         method = self.spec
-        if method.uses_base and self.base is None:
+        if method.needs_base and self.base is None:
             out["base"] = f"{method.name} needs a base model"
         count = len(self.inputs)
         if count == 0:
@@ -103,7 +103,7 @@ class Draft:
                 if problem:  # DELLA's density ± epsilon: shown on the last of them
                     out[input_key(ref, method.input_params[-1].name)] = problem
         for param in method.global_params:
-            if param.kind == "float":
+            if param.kind != "bool":
                 problem = _float_problem(param, str(self.global_values.get(param.name, "")))
                 if problem:
                     out[global_key(param.name)] = problem
