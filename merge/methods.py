@@ -48,6 +48,7 @@ from graft.merge.chunks import (
     spans_of,
 )
 from graft.merge.errors import MergeConfigError, MergeInputError
+from graft.merge.selection import Rank, bits_of, kth_largest
 
 ParamKind = Literal["float", "int", "bool"]
 Scope = Literal["input", "global"]
@@ -297,51 +298,9 @@ def keep_mask(
 # ---------------------------------------------------------------- rank selection
 
 
-def _bits(magnitudes: torch.Tensor) -> torch.Tensor:
-    """Non-negative fp32 values as int32 bit patterns, which sort the same way."""
-    return magnitudes.contiguous().view(torch.int32)
-
-
-@dataclass(frozen=True)
-class _Rank:
-    """The k-th largest of n non-negative values: its bit pattern, how many
-    values are above it and how many equal it."""
-
-    bits: int
-    above: int
-    equal: int
-
-
 # Below this many elements a tensor's selection holds all of its bit patterns
 # (4 bytes each, twice) and its mask (1 byte each) at once; above, it streams.
 _IN_MEMORY_BELOW = 1 << 23
-
-
-def _kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int, n: int) -> _Rank:
-    """Exact selection by two radix histograms (high, then low 16 bits) over
-    the spans' values: two streaming passes, 64 K counters of memory."""
-    high = None
-    for values in spans():
-        counts = torch.bincount(_bits(values) >> 16, minlength=1 << 16)
-        high = counts if high is None else high + counts
-    assert high is not None
-    from_top = _suffix_sums(high)  # values in bins ≥ b
-    bin_ = int(torch.nonzero(from_top >= k).max())
-    above_bin = int(from_top[bin_ + 1]) if bin_ + 1 < from_top.numel() else 0
-    low = None
-    for values in spans():
-        bits = _bits(values)
-        counts = torch.bincount(bits[(bits >> 16) == bin_] & 0xFFFF, minlength=1 << 16)
-        low = counts if low is None else low + counts
-    assert low is not None
-    from_top = _suffix_sums(low)
-    lo = int(torch.nonzero(from_top >= k - above_bin).max())
-    above = above_bin + (int(from_top[lo + 1]) if lo + 1 < from_top.numel() else 0)
-    return _Rank((bin_ << 16) | lo, above, int(low[lo]))
-
-
-def _suffix_sums(counts: torch.Tensor) -> torch.Tensor:
-    return counts.sum() - torch.cumsum(counts, 0) + counts
 
 
 class _MagnitudeMask(Protocol):
@@ -356,7 +315,7 @@ class _MagnitudeMask(Protocol):
 class _RankMask:
     """A _MagnitudeMask that streams: it compares each span with the k-th value."""
 
-    def __init__(self, rank: _Rank, k: int, n: int, *, largest: bool) -> None:
+    def __init__(self, rank: Rank, k: int, n: int, *, largest: bool) -> None:
         self.bits, self.largest = rank.bits, largest
         better = rank.above if largest else n - rank.above - rank.equal
         self.ties = k - better
@@ -366,7 +325,7 @@ class _RankMask:
         self.quota = self.ties
 
     def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor:
-        bits = _bits(magnitudes)
+        bits = bits_of(magnitudes)
         mask = bits > self.bits if self.largest else bits < self.bits
         if self.quota > 0:
             tied = bits == self.bits
@@ -409,8 +368,8 @@ def _rank_mask(
     if n < _IN_MEMORY_BELOW:
         return _WholeMask(_whole_rank_mask(magnitudes, n, k, largest=largest))
     if k <= 0:  # compares with the int32 bit patterns keep nothing
-        return _RankMask(_Rank(2**31 - 1 if largest else 0, 0, 0), 0, n, largest=largest)
-    rank = _kth_largest(magnitudes, k if largest else n - k + 1, n)  # k-th smallest
+        return _RankMask(Rank(2**31 - 1 if largest else 0, 0, 0), 0, n, largest=largest)
+    rank = kth_largest(magnitudes, k if largest else n - k + 1, n)  # k-th smallest
     return _RankMask(rank, k, n, largest=largest)
 
 
@@ -423,7 +382,7 @@ def _whole_rank_mask(
     bits = np.empty(n, np.int32)
     start = 0
     for values in magnitudes():
-        bits[start : start + values.numel()] = _bits(values.cpu()).numpy()
+        bits[start : start + values.numel()] = bits_of(values.cpu()).numpy()
         start += values.numel()
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool)

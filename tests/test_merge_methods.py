@@ -661,13 +661,13 @@ def _magnitudes(kind: str, n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties"])
 def test_radix_selection_equals_kthvalue(kind: str) -> None:
-    from graft.merge.methods import _kth_largest
+    from graft.merge.selection import kth_largest
 
     n = 100_003
     values = _magnitudes(kind, n)
     spans = [values[i : i + 997] for i in range(0, n, 997)]  # many uneven spans
     for k in (1, 17, n // 3, n // 2, n - 1, n):
-        rank = _kth_largest(lambda: iter(spans), k, n)
+        rank = kth_largest(lambda: iter(spans), k, n)
         expected = torch.kthvalue(values, n - k + 1).values
         assert rank.bits == int(expected.view(torch.int32)), k
         assert rank.above == int((values > expected).sum())

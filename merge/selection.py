@@ -1,0 +1,52 @@
+"""Exact selection of the k-th largest of many non-negative values streamed in
+spans (TIES and SCE thresholds, Arcee Fusion's quantiles): two radix passes over
+the values' fp32 bit patterns, 64 K counters of memory, whatever the tensor's size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+def bits_of(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Non-negative fp32 values as int32 bit patterns, which sort the same way."""
+    return magnitudes.contiguous().view(torch.int32)
+
+
+@dataclass(frozen=True)
+class Rank:
+    """The k-th largest of n non-negative values: its bit pattern, how many
+    values are above it and how many equal it."""
+
+    bits: int
+    above: int
+    equal: int
+
+
+def kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int, n: int) -> Rank:
+    """Exact selection by two radix histograms (high, then low 16 bits) over
+    the spans' values: two streaming passes, 64 K counters of memory."""
+    high = None
+    for values in spans():
+        counts = torch.bincount(bits_of(values) >> 16, minlength=1 << 16)
+        high = counts if high is None else high + counts
+    assert high is not None
+    from_top = suffix_sums(high)  # values in bins ≥ b
+    bin_ = int(torch.nonzero(from_top >= k).max())
+    above_bin = int(from_top[bin_ + 1]) if bin_ + 1 < from_top.numel() else 0
+    low = None
+    for values in spans():
+        bits = bits_of(values)
+        counts = torch.bincount(bits[(bits >> 16) == bin_] & 0xFFFF, minlength=1 << 16)
+        low = counts if low is None else low + counts
+    assert low is not None
+    from_top = suffix_sums(low)
+    lo = int(torch.nonzero(from_top >= k - above_bin).max())
+    above = above_bin + (int(from_top[lo + 1]) if lo + 1 < from_top.numel() else 0)
+    return Rank((bin_ << 16) | lo, above, int(low[lo]))
+
+
+def suffix_sums(counts: torch.Tensor) -> torch.Tensor:
+    return counts.sum() - torch.cumsum(counts, 0) + counts
