@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import xxhash
 
-from graft.merge import spherical
+from graft.merge import fusion, ram, spherical
 from graft.merge.chunks import (
     ParamValue,
     TensorIn,
@@ -48,7 +48,7 @@ from graft.merge.chunks import (
     spans_of,
 )
 from graft.merge.errors import MergeConfigError, MergeInputError
-from graft.merge.selection import Rank, bits_of, kth_largest
+from graft.merge.selection import Rank, RankMask, bits_of, kth_largest
 
 ParamKind = Literal["float", "int", "bool"]
 Scope = Literal["input", "global"]
@@ -312,32 +312,6 @@ class _MagnitudeMask(Protocol):
     def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor: ...
 
 
-class _RankMask:
-    """A _MagnitudeMask that streams: it compares each span with the k-th value."""
-
-    def __init__(self, rank: Rank, k: int, n: int, *, largest: bool) -> None:
-        self.bits, self.largest = rank.bits, largest
-        better = rank.above if largest else n - rank.above - rank.equal
-        self.ties = k - better
-        self.reset()
-
-    def reset(self) -> None:
-        self.quota = self.ties
-
-    def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor:
-        bits = bits_of(magnitudes)
-        mask = bits > self.bits if self.largest else bits < self.bits
-        if self.quota > 0:
-            tied = bits == self.bits
-            count = int(torch.count_nonzero(tied))  # bool .sum() is 5× slower
-            if count <= self.quota:  # all of them: no need to find where they are
-                mask |= tied
-            else:
-                mask[torch.nonzero(tied).squeeze(1)[: self.quota]] = True
-            self.quota -= min(count, self.quota)
-        return mask
-
-
 class _WholeMask:
     """A _MagnitudeMask computed over the whole tensor at once, handed out span by
     span (views: callers must not modify them)."""
@@ -368,9 +342,9 @@ def _rank_mask(
     if n < _IN_MEMORY_BELOW:
         return _WholeMask(_whole_rank_mask(magnitudes, n, k, largest=largest))
     if k <= 0:  # compares with the int32 bit patterns keep nothing
-        return _RankMask(Rank(2**31 - 1 if largest else 0, 0, 0), 0, n, largest=largest)
+        return RankMask(Rank(2**31 - 1 if largest else 0, 0, 0), 0, n, largest=largest)
     rank = kth_largest(magnitudes, k if largest else n - k + 1, n)  # k-th smallest
-    return _RankMask(rank, k, n, largest=largest)
+    return RankMask(rank, k, n, largest=largest)
 
 
 def _whole_rank_mask(
@@ -864,6 +838,21 @@ _SPHERE_EPS = Param(
     "eps", "float", 1e-8, "global", "Added to norms against division by zero.", low=0.0
 )
 _MAX_ITER = Param("max_iter", "int", 10, "global", "Most gradient steps.", low=0.0)
+_SELECT_TOPK = Param(
+    "select_topk",
+    "float",
+    1.0,
+    "global",
+    "Fraction of elements kept: those of largest variance across the inputs.",
+    low=0.0,
+    high=1.0,
+)
+_RAM = "Reinforced Agent Merging (arXiv:2601.13572)"
+_RAM_EPSILON = Param(
+    "epsilon", "float", 1e-5, "global", "A change this small or smaller counts as none.", low=0.0
+)
+_RAM_R = Param("r", "float", 0.1, "global", "How much overlap scales unique changes up.")
+_RAM_ALPHA = Param("alpha", "float", 0.2, "global", "The most overlap ratio that counts.")
 _TOL = Param("tol", "float", 1e-5, "global", "Stop once a step is shorter than this.", low=0.0)
 
 
@@ -1047,6 +1036,42 @@ METHODS: dict[str, Method] = {
             min_inputs=1,
             max_inputs=None,
             formula=spherical.karcher,
+        ),
+        Method(
+            name="arcee_fusion",
+            reference="Arcee Fusion (Arcee 2024): the model's changes that matter, by a KL fence",
+            params=(),
+            uses_base=True,
+            min_inputs=1,
+            max_inputs=1,
+            formula=fusion.arcee_fusion,
+        ),
+        Method(
+            name="sce",
+            reference="SCE (Wan et al. 2024, arXiv:2408.07990): select, calculate, erase",
+            params=(_SELECT_TOPK, _INT8_MASK),
+            uses_base=True,
+            min_inputs=1,
+            max_inputs=None,
+            formula=fusion.sce,
+        ),
+        Method(
+            name="ram",
+            reference=f"{_RAM}: unique changes kept, shared ones averaged",
+            params=(_RAM_EPSILON,),
+            uses_base=True,
+            min_inputs=1,
+            max_inputs=None,
+            formula=ram.ram,
+        ),
+        Method(
+            name="ramplus_tl",
+            reference=f"{_RAM}, RAM+ tensor-local: unique changes scaled up by overlap",
+            params=(_RAM_R, _RAM_ALPHA, _RAM_EPSILON),
+            uses_base=True,
+            min_inputs=1,
+            max_inputs=None,
+            formula=ram.ramplus_tl,
         ),
         Method(
             name="model_stock",

@@ -50,3 +50,30 @@ def kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int, n: int) -> 
 
 def suffix_sums(counts: torch.Tensor) -> torch.Tensor:
     return counts.sum() - torch.cumsum(counts, 0) + counts
+
+
+class RankMask:
+    """Keeps exactly the k largest (or smallest) of n values shown span by span in
+    order, given the k-th's `Rank`; values equal to it go lowest index first."""
+
+    def __init__(self, rank: Rank, k: int, n: int, *, largest: bool) -> None:
+        self.bits, self.largest = rank.bits, largest
+        better = rank.above if largest else n - rank.above - rank.equal
+        self.ties = k - better
+        self.reset()
+
+    def reset(self) -> None:
+        self.quota = self.ties
+
+    def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        bits = bits_of(magnitudes)
+        mask = bits > self.bits if self.largest else bits < self.bits
+        if self.quota > 0:
+            tied = bits == self.bits
+            count = int(torch.count_nonzero(tied))  # bool .sum() is 5× slower
+            if count <= self.quota:  # all of them: no need to find where they are
+                mask |= tied
+            else:
+                mask[torch.nonzero(tied).squeeze(1)[: self.quota]] = True
+            self.quota -= min(count, self.quota)
+        return mask

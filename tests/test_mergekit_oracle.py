@@ -166,6 +166,34 @@ def _configs(models: tuple[str, str, str]) -> dict[str, dict]:
             "models": [{"model": base}, {"model": sft}, {"model": third}],
             "parameters": {"max_iter": 20, "tol": 1e-6},
         },
+        "arcee_fusion": {
+            "merge_method": "arcee_fusion",
+            "base_model": base,
+            "models": [{"model": base}, {"model": third}],
+        },
+        "sce": {
+            "merge_method": "sce",
+            "base_model": base,
+            "models": [{"model": sft}, {"model": third}],
+        },
+        "sce@0.5": {
+            "merge_method": "sce",
+            "base_model": base,
+            "models": [{"model": sft}, {"model": third}],
+            "parameters": {"select_topk": 0.5},
+        },
+        "ram": {
+            "merge_method": "ram",
+            "base_model": base,
+            "models": [{"model": sft}, {"model": third}],
+            "parameters": {"epsilon": 0.002},
+        },
+        "ramplus_tl": {
+            "merge_method": "ramplus_tl",
+            "base_model": base,
+            "models": [{"model": sft}, {"model": third}],
+            "parameters": {"epsilon": 0.002, "r": 0.5, "alpha": 0.4},
+        },
     }
 
 
@@ -222,6 +250,21 @@ def _threshold_ties(doc: dict, name: str) -> torch.Tensor:
     return ties
 
 
+def _threshold_sce(doc: dict, name: str) -> torch.Tensor:
+    """Elements whose variance across the task vectors equals SCE's k-th largest:
+    which of those equal entries are selected is left open (mergekit takes topk's
+    order, graft the lowest index)."""
+    density = doc.get("parameters", {}).get("select_topk", 1.0)
+    base = _weights(Path(doc["base_model"]))[name].float()
+    if density >= 1:
+        return torch.zeros(base.shape, dtype=torch.bool)
+    deltas = torch.stack([_weights(Path(m["model"]))[name].float() - base for m in doc["models"]])
+    var = torch.var(deltas, dim=0, unbiased=False)
+    k = int(int(torch.count_nonzero(var)) * density)
+    threshold = torch.kthvalue(var.reshape(-1), var.numel() - k + 1).values
+    return var == threshold
+
+
 def _report(method: str, dtype: str, rows: list[tuple[str, int, int, int]]) -> None:
     """Print the overall agreement, then each tensor below target."""
     agree, explained = sum(r[1] for r in rows), sum(r[2] for r in rows)
@@ -251,6 +294,11 @@ def _report(method: str, dtype: str, rows: list[tuple[str, int, int, int]]) -> N
         "multislerp",
         "multislerp@nobase",
         "karcher",
+        "arcee_fusion",
+        "sce",
+        "sce@0.5",
+        "ram",
+        "ramplus_tl",
     ],
 )
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -271,6 +319,8 @@ def test_graft_agrees_with_mergekit(
         explained = torch.zeros_like(apart)
         if method == "ties":
             explained |= _threshold_ties(doc, name)
+        if method.startswith("sce"):
+            explained |= _threshold_sce(doc, name)
         if dtype != "float32":
             ours_error = (tensor.float() - exact[name]).abs()
             explained |= (theirs[name].float() - exact[name]).abs() > ours_error
