@@ -37,6 +37,8 @@ def arcee_fusion(job: TensorJob) -> torch.Tensor:
     base, model = job.base, job.inputs[0]
     assert base is not None
     n = base.numel()
+    if n == 0:
+        return output_for(job, base)
     width = base.shape[-1] if base.dim() >= 1 else 1
     spans = spans_of(n, width)
     scratch = scratch_for(spans, base.device)

@@ -176,8 +176,13 @@ def make_job(name, base, xs, input_values, params=None, seed=0):
     )
 
 
-def only_declared(method: Method, values: dict) -> dict:
-    return {k: v for k, v in values.items() if method.param(k) is not None}
+def only_declared(method: Method, values: dict, scope: str | None = None) -> dict:
+    """The values `method` declares (in `scope`, when given)."""
+    return {
+        k: v
+        for k, v in values.items()
+        if (p := method.param(k)) is not None and scope in (None, p.scope)
+    }
 
 
 def run(method_name, base, xs, input_values, params=None, seed=0, name="model.w"):
@@ -186,8 +191,8 @@ def run(method_name, base, xs, input_values, params=None, seed=0, name="model.w"
         name,
         base,
         xs,
-        [only_declared(method, v) for v in input_values],
-        only_declared(method, params or {}),
+        [only_declared(method, v, "input") for v in input_values],
+        only_declared(method, params or {}, "global"),
         seed,
     )
     return method.merge(job).numpy().astype(np.float64)
@@ -509,6 +514,10 @@ def test_registry_lists_every_method_with_its_defaults():
         "nuslerp",
         "multislerp",
         "karcher",
+        "arcee_fusion",
+        "sce",
+        "ram",
+        "ramplus_tl",
     }
 
     def defaults(name):
@@ -534,6 +543,13 @@ def test_registry_lists_every_method_with_its_defaults():
     }
     assert defaults("multislerp") == {"weight": None, "normalize_weights": True, "eps": 1e-8}
     assert defaults("karcher") == {"max_iter": 10, "tol": 1e-5}
+    assert defaults("arcee_fusion") == {}
+    assert defaults("sce") == {"select_topk": 1.0, "int8_mask": False}
+    assert defaults("ram") == {"epsilon": 1e-5}
+    assert defaults("ramplus_tl") == {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}
+    for name in ("arcee_fusion", "sce", "ram", "ramplus_tl"):
+        assert METHODS[name].needs_base
+    assert METHODS["arcee_fusion"].max_inputs == 1 and METHODS["sce"].max_inputs is None
     assert [
         (m.needs_base, m.uses_base, m.min_inputs, m.max_inputs)
         for m in (
@@ -862,3 +878,93 @@ def test_spherical_methods_name_the_wrong_parameter_or_count(
     job = make_job("model.w", base, xs, [values] * count, params)
     with pytest.raises(MergeConfigError, match=re.escape(message)):
         get_method(method).merge(job)
+
+
+# ---------------------------------------------------------------- selective methods
+
+
+def ref_ram(base, xs, epsilon, r=None, alpha=None):
+    deltas = np.stack([x - base for x in xs]).reshape(len(xs), -1)
+    changed = np.abs(deltas) > epsilon
+    count = changed.sum(0)
+    kept = deltas * changed
+    scales = np.ones(len(xs))
+    if r is not None:
+        shared = (changed & (count > 1)).sum(1)
+        unique = (changed & (count == 1)).sum(1)
+        scales = 1 + r * np.clip(shared / np.maximum(unique, epsilon), 0, alpha)
+    merged = kept * (count == 1) * scales[:, None] + kept * (count > 1) / np.maximum(count, 1)
+    return base + merged.sum(0).reshape(base.shape)
+
+
+def ref_sce(base, xs, topk):
+    deltas = np.stack([x - base for x in xs]).reshape(len(xs), -1)
+    if topk < 1:
+        var = deltas.var(0)
+        k = int(np.count_nonzero(var) * topk)
+        keep = np.zeros(var.shape, bool)
+        keep[np.argsort(-var, kind="stable")[:k]] = True
+        deltas = deltas * keep
+    means = (deltas**2).mean(1)
+    weights = means / means.sum() if abs(means.sum()) >= 1e-6 else np.full(len(xs), 1 / len(xs))
+    majority = np.where(deltas.sum(0) >= 0, 1.0, -1.0)
+    kept = weights[:, None] * (np.sign(deltas) == majority)
+    merged = (deltas * kept).sum(0) / np.maximum(kept.sum(0), 1e-6)
+    return base + merged.reshape(base.shape)
+
+
+def ref_arcee_fusion(base, model):
+    rows_a = base.reshape(-1, base.shape[-1])
+    rows_b = model.reshape(-1, base.shape[-1])
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(rows_b) + 1e-8, softmax(rows_a) + 1e-8
+    importance = (np.abs(rows_b - rows_a) * (p * np.log(p / q)).sum(-1, keepdims=True)).ravel()
+    ordered = np.sort(importance)
+    q1, median, q3 = (
+        ordered[int(np.float32(f) * np.float32(len(ordered) - 1))] for f in (0.25, 0.5, 0.75)
+    )
+    keep = importance >= median + 1.5 * (q3 - q1)
+    return base + ((model - base).ravel() * keep).reshape(base.shape)
+
+
+def sparse_changes(shape, count, seed):
+    """Fine-tunes that each change a random half of the elements: RAM's overlaps."""
+    rng = np.random.default_rng(seed)
+    base, xs = tensors(shape, count, seed=seed)
+    for x in xs:
+        untouched = rng.random(shape) < 0.5
+        x[untouched] = base[untouched]
+    return base, xs
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ram_and_ramplus_match_reference(shape):
+    base, xs = sparse_changes(shape, 3, seed=19)
+    got = run("ram", base, xs, [{}] * 3, {"epsilon": 1e-4})
+    np.testing.assert_allclose(got, ref_ram(f64(base), [f64(x) for x in xs], 1e-4), atol=1e-6)
+    params = {"epsilon": 1e-4, "r": 0.5, "alpha": 0.3}
+    got = run("ramplus_tl", base, xs, [{}] * 3, params)
+    want = ref_ram(f64(base), [f64(x) for x in xs], 1e-4, r=0.5, alpha=0.3)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("topk", [1.0, 0.5, 0.0])
+def test_sce_matches_reference(shape, topk):
+    base, xs = tensors(shape, 3, seed=20)
+    got = run("sce", base, xs, [{}] * 3, {"select_topk": topk})
+    want = ref_sce(f64(base), [f64(x) for x in xs], topk)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 8), (400,), (3, 5, 4)])
+def test_arcee_fusion_matches_reference(shape):
+    base, (model,) = tensors(shape, 1, seed=21)
+    got = run("arcee_fusion", base, [model], [{}])
+    want = ref_arcee_fusion(f64(base), f64(model))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert 0 < np.count_nonzero(got != f64(base)) < base.size  # some changes kept, not all
