@@ -575,3 +575,33 @@ async def test_the_replace_prompt_fits_80_columns_and_saved_goes_with_the_next_e
         await pilot.press("escape")  # back without saving
         await pilot.pause()
         assert app.screen is screen
+
+
+async def test_every_method_of_the_registry_has_a_form(store_path: Path) -> None:
+    """Each method, the new ones included, builds its fields from its declaration;
+    a required one (nearswap's t, nuslerp's weight) is named until filled in."""
+    from graft.merge.methods import METHODS
+
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
+        for method in METHODS:
+            screen.query_one("#method", Select).value = method
+            await pilot.pause()
+            await pilot.pause()
+            names = {f.name for f in screen.query(Input)} | {c.name for c in screen.query(Checkbox)}
+            for param in METHODS[method].global_params:
+                assert f"parameters.{param.name}" in names, (method, param.name)
+            assert screen.draft().document()["merge_method"] == method
+        screen.query_one("#method", Select).value = "nearswap"
+        await pilot.pause()
+        await pilot.pause()
+        assert "parameters.t" in screen.draft().problems()
+        await _type(pilot, _field(screen, "parameters.t"), "0.01")
+        assert "parameters.t" not in screen.draft().problems()
+        assert screen.draft().document()["parameters"] == {"t": 0.01}
+        screen.query_one("#method", Select).value = "karcher"
+        await pilot.pause()
+        await pilot.pause()
+        await _type(pilot, _field(screen, "parameters.max_iter"), "2.5")
+        assert screen.draft().problems()["parameters.max_iter"].startswith("must be a whole")
