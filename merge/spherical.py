@@ -3,9 +3,10 @@
 Each result is a linear combination of its vectors — the inputs, or their task
 vectors against the base when there is one — with coefficients that depend only
 on the vectors' dot products. So one streaming pass computes the Gram matrix of
-the vectors in float64, the coefficients are worked out in N dimensions (the
-Karcher iteration included), and a second pass writes the combination span by
-span: no whole-tensor fp32 copy of any input is held, whatever its size.
+the vectors, the coefficients are worked out in N dimensions (the Karcher
+iteration included), and a second pass writes the combination span by span: no
+whole-tensor copy of any input is held, whatever its size. The arithmetic is
+float64 (a span at a time) and the result is rounded once.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ _NUSLERP_COLINEAR_EPS = 1e-8  # 1 - cos² at most this squared: interpolate line
 
 
 def _vectors(job: TensorJob, span: slice, scratch: torch.Tensor) -> torch.Tensor:
-    """The span of every vector, stacked (N × span, fp32): the inputs minus the base."""
-    rows = torch.stack([f32(x, span) for x in job.inputs])
+    """The span of every vector, stacked (N × span, float64): the inputs minus the
+    base. float64 so that the result, rounded once, is the float64 formula's."""
+    rows = torch.stack([f32(x, span) for x in job.inputs]).double()
     if job.base is not None:
-        rows -= f32(job.base, span, scratch)
+        rows -= f32(job.base, span, scratch).double()
     return rows
 
 
@@ -42,7 +44,7 @@ def _gram(job: TensorJob, spans: list[slice]) -> torch.Tensor:
     gram = torch.zeros(n, n, dtype=torch.float64)
     scratch = scratch_for(spans, job.inputs[0].device)
     for span in spans:
-        rows = _vectors(job, span, scratch).double()
+        rows = _vectors(job, span, scratch)
         gram += (rows @ rows.T).cpu()
     return gram
 
@@ -56,7 +58,7 @@ def _combine(job: TensorJob, coefficients: torch.Tensor, spans: list[slice]) -> 
         rows = _vectors(job, span, scratch)
         acc = sum((ci * row for ci, row in zip(c[1:], rows[1:], strict=True)), c[0] * rows[0])
         if job.base is not None:
-            acc += f32(job.base, span, scratch)
+            acc += f32(job.base, span, scratch).double()
         flat(out)[span] = acc
     return out
 
@@ -188,7 +190,7 @@ def nuslerp(job: TensorJob) -> torch.Tensor:
         cut = slice(first, first + v0.shape[0]) if along == "rows" else slice(None)
         axis = 0 if along == "columns" else -1
         for i, (x, y) in enumerate(((v0, v0), (v1, v1), (v0, v1))):
-            dots[i, cut] += (x.double() * y.double()).sum(axis).cpu()
+            dots[i, cut] += (x * y).sum(axis).cpu()
     n0 = dots[0].sqrt().clamp(min=_NUSLERP_NORM_EPS)
     n1 = dots[1].sqrt().clamp(min=_NUSLERP_NORM_EPS)
     cos = (dots[2] / (n0 * n1)).clamp(-1, 1)
@@ -196,7 +198,7 @@ def nuslerp(job: TensorJob) -> torch.Tensor:
     theta = torch.arccos(torch.where(colinear, torch.zeros_like(cos), cos))
     c0 = torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / torch.sin(theta))
     c1 = torch.where(colinear, t, torch.sin(t * theta) / torch.sin(theta))
-    c0, c1 = c0.float().to(a.device), c1.float().to(a.device)
+    c0, c1 = c0.to(a.device), c1.to(a.device)
     out = output_for(job, a)
     for span in spans:
         v0, v1 = _grouped(_vectors(job, span, scratch), along, width)
@@ -207,7 +209,7 @@ def nuslerp(job: TensorJob) -> torch.Tensor:
         else:  # one coefficient for all (whole) or one per column
             mixed = c0 * v0 + c1 * v1
         if job.base is not None:
-            mixed = mixed.reshape(-1) + f32(job.base, span, scratch)
+            mixed = mixed.reshape(-1) + f32(job.base, span, scratch).double()
         flat(out)[span] = mixed.reshape(-1)
     return out
 

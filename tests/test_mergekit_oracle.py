@@ -14,10 +14,12 @@ compared at density 1, where nothing is dropped, and statistically at 0.5.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -27,12 +29,28 @@ from graft.merge.config import parse_config
 from graft.merge.executor import run
 from graft.merge.plan import build_plan
 from tests.conftest import SAMPLES
+from tests.test_merge_methods import ref_karcher, ref_multislerp, ref_nuslerp
 
 ROOT = Path(__file__).resolve().parent.parent
 MERGEKIT = ROOT / ".venv-mergekit" / "bin" / "mergekit-yaml"
+MERGEKIT_PYTHON = MERGEKIT.parent / "python"
 BASE = str(SAMPLES / "tiny-llama")
 SFT = str(SAMPLES / "tiny-llama-sft")
 TARGET = 0.999
+NEW_METHODS = [  # beyond the merge-semantics spec: mergekit is the reference
+    "nearswap",
+    "nuslerp",
+    "nuslerp@rows",
+    "nuslerp@columns",
+    "multislerp",
+    "multislerp@nobase",
+    "karcher",
+    "arcee_fusion",
+    "sce",
+    "sce@0.5",
+    "ram",
+    "ramplus_tl",
+]
 
 if not MERGEKIT.exists():
     if os.environ.get("CI"):
@@ -44,12 +62,21 @@ if not MERGEKIT.exists():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    return _variants(tmp_path_factory.mktemp("models"), torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def models_fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """The same three models as fp32 files: both tools compute in fp32 throughout."""
+    return _variants(tmp_path_factory.mktemp("models32"), torch.float32)
+
+
+def _variants(root: Path, dtype: torch.dtype) -> tuple[str, str, str]:
     """bf16 copies of the sample base and fine-tune, plus a third fine-tune with
     every tensor nudged (model_stock needs two inputs besides the base). bf16,
     as real checkpoints are: with fp32 files and `dtype: bfloat16`, mergekit
     rounds the inputs before merging and graft does not, which is a different
     question from how the two merge."""
-    root = tmp_path_factory.mktemp("models")
     base = load_file(Path(BASE) / "model.safetensors")
     g = torch.Generator().manual_seed(11)
     variants = {
@@ -63,8 +90,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     for name, tensors in variants.items():
         folder = root / name
         folder.mkdir()
-        bf16 = {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
-        save_file(bf16, folder / "model.safetensors", metadata={"format": "pt"})
+        typed = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
+        save_file(typed, folder / "model.safetensors", metadata={"format": "pt"})
         for companion in (
             "config.json",
             "generation_config.json",
@@ -113,11 +140,11 @@ def _configs(models: tuple[str, str, str]) -> dict[str, dict]:
             "base_model": base,
             "models": [{"model": base}, {"model": sft}, {"model": third}],
         },
-        "nearswap": {
+        "nearswap": {  # t near the typical |θ₁ − θ₀| of `third`: every weight in (0, 1]
             "merge_method": "nearswap",
             "base_model": base,
-            "models": [{"model": base}, {"model": sft}],
-            "parameters": {"t": 0.004},
+            "models": [{"model": base}, {"model": third}],
+            "parameters": {"t": 0.0005},
         },
         "nuslerp": {  # the task vectors of two fine-tunes, one angle per tensor
             "merge_method": "nuslerp",
@@ -197,18 +224,67 @@ def _configs(models: tuple[str, str, str]) -> dict[str, dict]:
     }
 
 
-def _mergekit(doc: dict, out: Path, tmp: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    path = tmp / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
+# mergekit's own entry point, run once for every config: starting it costs ~6 s.
+DRIVER = """
+import json, sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+for job in json.loads(sys.argv[1]):
+    text = open(job["config"]).read()
+    options = MergeOptions(random_seed=job["seed"])
+    options.apply_global_options()
+    config = MergeConfiguration.model_validate(yaml.safe_load(text))
+    run_merge(config, job["out"], options=options, config_source=text)
+"""
+ALL_METHODS = [
+    "linear",
+    "ties",
+    "dare_ties@1",
+    "slerp",
+    "model_stock",
+    *NEW_METHODS,
+]
+Key = tuple[str, str, str]  # (method, dtype, files)
+
+
+def _jobs(models: tuple[str, str, str], models_fp32: tuple[str, str, str]) -> dict[Key, tuple]:
+    """Every (config, seed) the tests compare, by (method, dtype, files)."""
+    jobs: dict[Key, tuple] = {}
+    for method in ALL_METHODS:
+        for dtype in ("bfloat16", "float32"):
+            jobs[method, dtype, "bf16"] = ({**_configs(models)[method], "dtype": dtype}, 0)
+    for method in NEW_METHODS:
+        jobs[method, "float32", "fp32"] = ({**_configs(models_fp32)[method], "dtype": "float32"}, 0)
+    dare = {**_configs(models)["ties"], "merge_method": "dare_ties", "dtype": "float32"}
+    jobs["dare_ties@0.5", "float32", "bf16"] = (dare, 1)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def theirs(
+    models: tuple[str, str, str],
+    models_fp32: tuple[str, str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[Key, tuple[dict, int, Path]]:
+    """mergekit's output folder for every job, with the job's config and seed."""
+    root = tmp_path_factory.mktemp("mergekit")
+    jobs = _jobs(models, models_fp32)
+    batch, done = [], {}
+    for i, (key, (doc, seed)) in enumerate(jobs.items()):
+        config = root / f"{i}.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        batch.append({"config": str(config), "out": str(root / f"out-{i}"), "seed": seed})
+        done[key] = (doc, seed, root / f"out-{i}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     subprocess.run(
-        [str(MERGEKIT), str(path), str(out), "--random-seed", str(seed)],
+        [str(MERGEKIT_PYTHON), "-c", DRIVER, json.dumps(batch)],
         check=True,
         env=env,
         capture_output=True,
-        timeout=600,
+        timeout=1800,
     )
-    return _weights(out)
+    return done
 
 
 def _graft(doc: dict, out: Path, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -265,12 +341,14 @@ def _threshold_sce(doc: dict, name: str) -> torch.Tensor:
     return var == threshold
 
 
-def _report(method: str, dtype: str, rows: list[tuple[str, int, int, int]]) -> None:
+def _report(
+    method: str, dtype: str, rows: list[tuple[str, int, int, int]], unit: str = "bf16"
+) -> None:
     """Print the overall agreement, then each tensor below target."""
     agree, explained = sum(r[1] for r in rows), sum(r[2] for r in rows)
     total = sum(r[3] for r in rows)
     print(
-        f"\n{method} dtype={dtype}: {agree / total:.4%} within 1 bf16 ulp, "
+        f"\n{method} dtype={dtype}: {agree / total:.4%} within 1 {unit} ulp, "
         f"{explained / total:.4%} further apart but explained, "
         f"{(total - agree - explained) / total:.4%} unexplained ({total} elements)"
     )
@@ -279,43 +357,21 @@ def _report(method: str, dtype: str, rows: list[tuple[str, int, int, int]]) -> N
             print(f"  {name}: {ok / n:.3%} within 1 ulp, {why / n:.3%} explained")
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "linear",
-        "ties",
-        "dare_ties@1",
-        "slerp",
-        "model_stock",
-        "nearswap",
-        "nuslerp",
-        "nuslerp@rows",
-        "nuslerp@columns",
-        "multislerp",
-        "multislerp@nobase",
-        "karcher",
-        "arcee_fusion",
-        "sce",
-        "sce@0.5",
-        "ram",
-        "ramplus_tl",
-    ],
-)
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_graft_agrees_with_mergekit(
-    method: str, dtype: str, models: tuple[str, str, str], tmp_path: Path
+    method: str, dtype: str, theirs: dict[Key, tuple[dict, int, Path]], tmp_path: Path
 ) -> None:
     """Elements further than 1 bf16 ulp apart must be explained: a TIES threshold
     tie, or — for bf16 configs, where mergekit computes in bf16 — a place where
     mergekit's result is the one further from the fp32 computation."""
-    doc = {**_configs(models)[method], "dtype": dtype}
-    ours = _graft(doc, tmp_path / "graft")
-    theirs = _mergekit(doc, tmp_path / "mergekit", tmp_path)
+    doc, _, folder = theirs[method, dtype, "bf16"]
+    ours, mergekit = _graft(doc, tmp_path / "graft"), _weights(folder)
     exact = _graft({**doc, "dtype": "float32"}, tmp_path / "exact") if dtype != "float32" else ours
-    assert set(ours) == set(theirs)
+    assert set(ours) == set(mergekit)
     rows = []
     for name, tensor in ours.items():
-        apart = _ulps_bf16(tensor, theirs[name]) > 1
+        apart = _ulps_bf16(tensor, mergekit[name]) > 1
         explained = torch.zeros_like(apart)
         if method == "ties":
             explained |= _threshold_ties(doc, name)
@@ -323,23 +379,79 @@ def test_graft_agrees_with_mergekit(
             explained |= _threshold_sce(doc, name)
         if dtype != "float32":
             ours_error = (tensor.float() - exact[name]).abs()
-            explained |= (theirs[name].float() - exact[name]).abs() > ours_error
+            explained |= (mergekit[name].float() - exact[name]).abs() > ours_error
         rows.append((name, int((~apart).sum()), int((apart & explained).sum()), tensor.numel()))
     _report(method, dtype, rows)
     agree_or_explained = sum(r[1] + r[2] for r in rows) / sum(r[3] for r in rows)
     assert agree_or_explained >= TARGET
 
 
-def test_dare_ties_drops_what_mergekit_drops_on_average(
-    models: tuple[str, str, str], tmp_path: Path
+def _ulps_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in fp32 steps."""
+
+    def ordered(t: torch.Tensor) -> torch.Tensor:
+        bits = t.float().view(torch.int32).to(torch.int64)
+        return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+    return (ordered(a) - ordered(b)).abs()
+
+
+def _exact(doc: dict, name: str) -> np.ndarray | None:
+    """The sphere methods' result in float64, from the plain references of
+    test_merge_methods (None for the other methods)."""
+    method, params = doc["merge_method"], doc.get("parameters", {})
+    if method not in ("nuslerp", "multislerp", "karcher"):
+        return None
+    base = np.float64(_weights(Path(doc["base_model"]))[name]) if "base_model" in doc else None
+    xs = [np.float64(_weights(Path(m["model"]))[name]) for m in doc["models"]]
+    weights = [m.get("parameters", {}).get("weight", 1.0) for m in doc["models"]]
+    if method == "karcher":
+        return ref_karcher(xs, params.get("max_iter", 10), params.get("tol", 1e-5))
+    if method == "multislerp":
+        return ref_multislerp(base, xs, weights)
+    along = (
+        "whole"
+        if params.get("nuslerp_flatten", True) or xs[0].ndim == 1
+        else "columns"
+        if params.get("nuslerp_row_wise", False)
+        else "rows"
+    )
+    return ref_nuslerp(base, xs[0], xs[1], weights[1] / sum(weights), along)
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_fp32_files_agree_within_one_fp32_ulp(
+    method: str, theirs: dict[Key, tuple[dict, int, Path]], tmp_path: Path
 ) -> None:
-    doc = {**_configs(models)["ties"], "merge_method": "dare_ties", "dtype": "float32"}
-    ours = _graft(doc, tmp_path / "graft", seed=1)
-    theirs = _mergekit(doc, tmp_path / "mergekit", tmp_path, seed=1)
+    """fp32 inputs, fp32 config: no bf16 rounding on either side, so the bar is one
+    fp32 ulp. Elements further apart must be explained: an SCE variance tie, or (the
+    sphere methods, whose coefficients graft solves in float64 where mergekit reduces
+    in fp32) a place where mergekit's result is further from the float64 one."""
+    doc, _, folder = theirs[method, "float32", "fp32"]
+    ours, mergekit = _graft(doc, tmp_path / "graft"), _weights(folder)
+    assert set(ours) == set(mergekit)
+    rows = []
+    for name, tensor in ours.items():
+        apart = _ulps_fp32(tensor, mergekit[name]) > 1
+        explained = _threshold_sce(doc, name) if method.startswith("sce") else apart & False
+        exact = _exact(doc, name)
+        if exact is not None:
+            ours_error = np.abs(np.float64(tensor) - exact)
+            explained |= torch.from_numpy(np.abs(np.float64(mergekit[name]) - exact) > ours_error)
+        rows.append((name, int((~apart).sum()), int((apart & explained).sum()), tensor.numel()))
+    _report(method, "float32 (fp32 files)", rows, unit="fp32")
+    assert sum(r[1] + r[2] for r in rows) / sum(r[3] for r in rows) >= TARGET
+
+
+def test_dare_ties_drops_what_mergekit_drops_on_average(
+    models: tuple[str, str, str], theirs: dict[Key, tuple[dict, int, Path]], tmp_path: Path
+) -> None:
+    doc, seed, folder = theirs["dare_ties@0.5", "float32", "bf16"]
+    ours, mergekit = _graft(doc, tmp_path / "graft", seed=seed), _weights(folder)
     base = {k: v.float() for k, v in _weights(Path(models[0])).items()}
     for name in ("model.layers.2.mlp.down_proj.weight", "model.layers.3.self_attn.q_proj.weight"):
         ours_delta = ours[name].float() - base[name]
-        theirs_delta = theirs[name].float() - base[name]
+        theirs_delta = mergekit[name].float() - base[name]
         # Different masks, same distribution: kept fraction and delta size agree closely.
         kept = lambda d: float((d != 0).float().mean())  # noqa: E731
         assert kept(ours_delta) == pytest.approx(kept(theirs_delta), abs=0.03)
