@@ -758,3 +758,34 @@ def test_an_unreadable_input_file_is_a_merge_error(tmp_path: Path) -> None:
 
     with pytest.raises(MergeInputError, match=r"missing: cannot read a tensor .*graft verify"):
         _read_exact(tmp_path / "missing", 0, 4, "a tensor")
+
+
+@pytest.mark.parametrize(
+    ("doc", "said"),
+    [
+        (
+            {"merge_method": "nearswap", "base_model": BASE, "models": [SFT]},
+            "parameter 't' has no value for tensor model.embed_tokens.weight; nearswap requires it",
+        ),
+        (
+            {"merge_method": "nuslerp", "models": [BASE, SFT, SFT], "parameters": {"weight": 1}},
+            "nuslerp takes exactly 2 model(s) besides the base; models gives 3",
+        ),
+        (
+            {"merge_method": "karcher", "models": [BASE, SFT], "parameters": {"max_iter": 2.5}},
+            "parameters.max_iter = 2.5: must be a whole number",
+        ),
+        (
+            {"merge_method": "sce", "models": [BASE, SFT]},
+            "sce needs base_model",
+        ),
+    ],
+)
+def test_the_new_methods_refuse_bad_configs_in_one_line(
+    graft: Callable[..., Result], tmp_path: Path, doc: dict, said: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = graft("merge", path, "--out", tmp_path / "out", "--no-register", code=1)
+    assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
