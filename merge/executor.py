@@ -15,8 +15,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,34 @@ def run(
     rank of a merged adapter (default: the sum of the inputs' ranks)."""
     started = time.monotonic()
     out_dir = Path(out_dir)
+    with building(out_dir) as work:
+        if plan.merges_adapters:
+            written = execute_adapters(
+                plan, work, seed, _device(device), rank, on_progress, should_cancel
+            )
+        else:
+            written = _execute(
+                plan, work, seed, _device(device), shard_size, on_progress, should_cancel
+            )
+        card = model_card(plan, written.touched, written.note)
+        write_companions(work, {**written.companions, "README.md": card})
+    return MergeResult(
+        out_dir=out_dir,
+        files=tuple(written.files),
+        tensors=written.tensors,
+        bytes_written=written.nbytes,
+        touched=tuple(written.touched),
+        seconds=time.monotonic() - started,
+        rank=written.rank,
+        truncation_error=written.truncation_error,
+    )
+
+
+@contextmanager
+def building(out_dir: Path) -> Iterator[Path]:
+    """A hidden work folder beside `out_dir` (which must not exist, or be empty),
+    renamed into place once the block finishes: an interrupted write leaves nothing
+    that looks finished. Errors writing it become one-line `MergeOutputError`s."""
     _check_out_dir(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -69,16 +98,7 @@ def run(
     except OSError as e:
         raise _output_error(out_dir, e) from e
     try:
-        if plan.merges_adapters:
-            written = execute_adapters(
-                plan, work, seed, _device(device), rank, on_progress, should_cancel
-            )
-        else:
-            written = _execute(
-                plan, work, seed, _device(device), shard_size, on_progress, should_cancel
-            )
-        card = model_card(plan, written.touched, written.note)
-        write_companions(work, {**written.companions, "README.md": card})
+        yield work
         fsync_dir(work)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
@@ -89,16 +109,6 @@ def run(
         if isinstance(e, OSError) and _writing(e, work, out_dir):
             raise _output_error(out_dir, e) from e
         raise
-    return MergeResult(
-        out_dir=out_dir,
-        files=tuple(written.files),
-        tensors=written.tensors,
-        bytes_written=written.nbytes,
-        touched=tuple(written.touched),
-        seconds=time.monotonic() - started,
-        rank=written.rank,
-        truncation_error=written.truncation_error,
-    )
 
 
 def _writing(e: OSError, work: Path, out_dir: Path) -> bool:
