@@ -3,7 +3,9 @@
 `merge_models` runs a mergekit-style config; `fold_adapter` folds one LoRA
 adapter into its base. Both write a folder transformers loads and, unless told
 not to, register it with `merge` edges to every input, carrying each input's
-role and parameters.
+role and parameters. `extract_adapter` is fold-in's inverse: a fine-tune's
+change as a LoRA adapter of its base, registered under the base with an
+`extract` edge to the fine-tune.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from graft.lineage.register import register
 from graft.merge.config import MergeConfig, parse_config
 from graft.merge.errors import MergeConfigError
 from graft.merge.executor import DEFAULT_SHARD_SIZE, run
-from graft.merge.inputs import open_model
+from graft.merge.extract import Extracted, extract_lora
+from graft.merge.inputs import ModelSource, open_model
 from graft.merge.output import parents, provenance
 from graft.merge.plan import MergePlan, build_plan
 from graft.merge.results import MergeProgress, MergeResult
@@ -93,8 +96,77 @@ def fold_adapter(
         build_plan(parse_config(document, source="fold"), store), method_name="lora_fold"
     )
     return _run_and_register(
-        plan, out_dir, store, name, 0, device, shard_size, on_progress, should_cancel
+        plan,
+        out_dir,
+        store if register else None,
+        name,
+        0,
+        device,
+        shard_size,
+        on_progress,
+        should_cancel,
     )
+
+
+@dataclass(frozen=True)
+class ExtractOutcome:
+    extracted: Extracted
+    manifest: Manifest | None  # the registered adapter, unless registration was off
+    existed: bool = False
+
+
+def extract_adapter(
+    tuned: str,
+    base: str,
+    out_dir: Path,
+    *,
+    rank: int,
+    store: Store | None,
+    modules: tuple[str, ...] = (),
+    embeddings: bool = False,
+    name: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ExtractOutcome:
+    """Write `tuned − base` as a rank-`rank` LoRA adapter of `base` into `out_dir`
+    (`extract.extract_lora`); with `store`, register it as an adapter of the base
+    with an `extract` edge to the fine-tune (folder inputs are registered first)."""
+    base_source, tuned_source = open_model(base, store), open_model(tuned, store)
+    named = (
+        store.load_manifest(base_source.artifact_id).name
+        if store and base_source.artifact_id
+        else base
+    )
+    extracted = extract_lora(
+        base_source,
+        tuned_source,
+        Path(out_dir),
+        rank=rank,
+        modules=modules,
+        embeddings=embeddings,
+        base_name=named,
+        on_progress=on_progress,
+    )
+    if store is None:
+        return ExtractOutcome(extracted, None)
+    links = [
+        Parent(_registered(base_source, store), "adapter", {"role": "base"}),
+        Parent(_registered(tuned_source, store), "extract", {"rank": rank}),
+    ]
+    added = add(
+        store, extracted.out_dir, name=name or extracted.out_dir.name, method="extract", links=links
+    )
+    ensure_deltas(store, [added.manifest.id])
+    mode = repack_mode(store)
+    after_add(store, added.manifest, mode="off" if added.existed else mode, compress=True)
+    return ExtractOutcome(extracted, added.manifest, added.existed)
+
+
+def _registered(source: ModelSource, store: Store) -> str:
+    """The id of `source`, registering it first when it was read from a folder."""
+    if source.artifact_id:
+        return source.artifact_id
+    assert source.path is not None
+    return register(source.path, store=store).manifest.id
 
 
 def _recorded_base(adapter: str, store: Store | None) -> str:

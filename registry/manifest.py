@@ -21,7 +21,7 @@ KEY = re.compile(r"[0-9a-f]{32}")
 
 Kind = Literal["model", "adapter", "merge", "checkpoint"]
 KINDS: tuple[str, ...] = get_args(Kind)
-Relation = Literal["finetune", "adapter", "merge", "quantized", "checkpoint"]
+Relation = Literal["finetune", "adapter", "merge", "quantized", "checkpoint", "extract"]
 
 
 @dataclass(frozen=True)

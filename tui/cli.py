@@ -601,6 +601,78 @@ def fold(
     _report_merge(outcome, as_json)
 
 
+@cli.command()
+@click.argument("tuned", metavar="REF")
+@click.option("--base", metavar="REF", required=True, help="The model REF was fine-tuned from.")
+@click.option("--rank", type=int, required=True, help="Rank of the LoRA adapter.")
+@click.option(
+    "--modules",
+    metavar="NAMES",
+    default="",
+    help="Comma-separated module names to extract (q_proj,v_proj) [default: every changed one].",
+)
+@click.option("--embeddings", is_flag=True, help="Also the embeddings and the LM head.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to write (must not exist, or be empty).",
+)
+@click.option("--name", help="Name of the registered adapter [default: the --out folder's name].")
+@click.option("--no-register", is_flag=True, help="Only write the folder; leave the store alone.")
+@json_option
+@click.pass_context
+def extract(
+    ctx: click.Context,
+    tuned: str,
+    base: str,
+    rank: int,
+    modules: str,
+    embeddings: bool,
+    out_dir: Path,
+    name: str | None,
+    no_register: bool,
+    as_json: bool,
+) -> None:
+    """Turn the fine-tune REF back into a LoRA adapter of --base: the best rank-R
+    approximation (truncated SVD) of each changed matrix, with its relative error."""
+    from graft.merge.api import extract_adapter
+
+    store = Store.open(ctx.obj["store"])
+    with render.progress("extracting") as bar:
+        outcome = extract_adapter(
+            tuned,
+            base,
+            out_dir,
+            rank=rank,
+            store=None if no_register else store,
+            modules=tuple(m.strip() for m in modules.split(",") if m.strip()),
+            embeddings=embeddings,
+            name=name,
+            on_progress=bar,
+        )
+    e, m = outcome.extracted, outcome.manifest
+    worst = max(e.errors.values())
+    if as_json:
+        render.print_json(
+            {
+                "out_dir": str(e.out_dir),
+                "rank": e.rank,
+                "errors": e.errors,
+                "artifact": {"id": m.id, "ref": m.ref} if m else None,
+                "existed": outcome.existed,
+            }
+        )
+        return
+    render.out.print(
+        f"wrote {e.out_dir}: a rank-{e.rank} LoRA of {len(e.errors)} modules, "
+        f"largest relative error {worst:.3g}"
+    )
+    if m:
+        render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`")
+
+
 def _report_merge(outcome: Any, as_json: bool) -> None:
     r, m = outcome.result, outcome.manifest
     if as_json:
