@@ -2,7 +2,7 @@
 fold-in, and a way to share a fine-tune in a few MB.
 
 Each changed matrix's ΔW = W_tuned − W_base is cut to its best rank-r approximation
-(Eckart–Young: the truncated SVD, randomized for large matrices) and written as PEFT
+(Eckart–Young: the truncated SVD, randomized — seeded — for large matrices) and written as PEFT
 factors at scale 1 (lora_alpha = r). One matrix is in memory at a time, in fp32.
 """
 
@@ -14,17 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from graft.lineage.names import place_of
 from graft.merge.adapters import Factors, Target, dumps, truncated
 from graft.merge.errors import MergeConfigError, MergeInputError
 from graft.merge.executor import building
 from graft.merge.inputs import ModelSource
+from graft.merge.writer import PlannedTensor, ShardWriter
 
 ADAPTER_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-RANDOMIZED_ABOVE = 1 << 24  # elements: a larger ΔW's SVD is randomized (torch.svd_lowrank)
+RANDOMIZED_ABOVE = 1 << 20  # elements: a larger ΔW's SVD is randomized (torch.svd_lowrank)
 _OVERSAMPLE = 8  # extra directions the randomized SVD looks at beyond the rank
 _POWER_STEPS = 4
 
@@ -87,9 +87,16 @@ def extract_lora(
             "check --base and the fine-tune (and --modules, --embeddings)",
         )
     config = _config(sorted({m.rsplit(".", 1)[-1] for m in errors}), rank, base_name)
+    metadata = {"format": "pt", "graft.extract": json.dumps(errors, sort_keys=True)}
+    planned = [
+        PlannedTensor(name, "F32", tuple(t.shape), t.numel() * 4) for name, t in tensors.items()
+    ]
     with building(out_dir) as work:
-        metadata = {"format": "pt", "graft.extract": json.dumps(errors, sort_keys=True)}
-        save_file(tensors, work / ADAPTER_FILE, metadata=metadata)
+        # graft's writer: a header in a fixed order, so equal inputs give equal bytes
+        writer = ShardWriter(work, planned, 1 << 62, metadata, single_name=ADAPTER_FILE)
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+        writer.finish({})
         (work / "adapter_config.json").write_bytes(dumps(config))
     return Extracted(out_dir, rank, errors)
 
@@ -131,7 +138,9 @@ def _factors(delta: torch.Tensor, target: Target, rank: int) -> Factors:
     if delta.numel() <= RANDOMIZED_ABOVE or rank + _OVERSAMPLE >= min(delta.shape):
         return truncated(delta, target, rank)
     product = delta.T if target.transposed else delta
-    u, s, v = torch.svd_lowrank(product, q=rank + _OVERSAMPLE, niter=_POWER_STEPS)
+    with torch.random.fork_rng(devices=[]):  # the same adapter every time, bit for bit
+        torch.manual_seed(0)
+        u, s, v = torch.svd_lowrank(product, q=rank + _OVERSAMPLE, niter=_POWER_STEPS)
     u, s, v = u[:, :rank], s[:rank], v[:, :rank]
     total = float(product.square().sum(dtype=torch.float64))
     lost = max(total - float(s.double().square().sum()), 0.0)

@@ -189,3 +189,14 @@ def test_an_unknown_reference_or_a_used_folder_is_refused(
     taken = graft("extract", SFT, "--base", BASE, "--rank", "4", "--out", used, code=1)
     assert "already exists and is not an empty folder" in taken.stderr
     assert (used / "keep.txt").read_text() == "mine"
+
+
+def test_the_randomized_path_gives_the_same_adapter_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(extract, "RANDOMIZED_ABOVE", 0)
+    for out in ("a", "b"):
+        torch.manual_seed(len(out) + ord(out))  # whatever the global generator holds
+        extract_lora(LocalModel(BASE, "base"), LocalModel(SFT, "sft"), tmp_path / out, rank=4)
+    first, second = (tmp_path / o / "adapter_model.safetensors" for o in ("a", "b"))
+    assert first.read_bytes() == second.read_bytes()
