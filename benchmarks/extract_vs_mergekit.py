@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
     seconds = {t: statistics.median(r.seconds for r in rs) for t, rs in runs.items()}
     rss = {t: statistics.median(r.rss_mb for r in rs) for t, rs in runs.items()}
-    print(machine_line(args.workdir, extra=f"models {models.shape.nbytes() / GB:.2f} GB bf16"))
+    print(machine_line(args.workdir, extra=f"; models {models.shape.nbytes() / GB:.2f} GB bf16"))
     print(f"graft extract vs mergekit-extract-lora, rank {args.rank}, {args.repeats} rounds")
     rows = [[tool, f"{seconds[tool]:.1f}", f"{rss[tool]:.0f}"] for tool in commands]
     rows.append(
