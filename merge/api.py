@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from graft.lineage.record import ensure_deltas
 from graft.lineage.register import register
@@ -25,8 +26,8 @@ from graft.merge.inputs import ModelSource, open_model
 from graft.merge.output import parents, provenance
 from graft.merge.plan import MergePlan, build_plan
 from graft.merge.results import MergeProgress, MergeResult
-from graft.registry import ArtifactNotFound, Manifest, Parent, Store, add
-from graft.registry.repack import after_add, repack_mode
+from graft.registry import AddResult, ArtifactNotFound, Manifest, Parent, Store, add
+from graft.registry.repack import RepackMode, after_add, repack_mode
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def extract_adapter(
     """Write `tuned − base` as a rank-`rank` LoRA adapter of `base` into `out_dir`
     (`extract.extract_lora`); with `store`, register it as an adapter of the base
     with an `extract` edge to the fine-tune (folder inputs are registered first)."""
+    mode = repack_mode(store) if store is not None else "off"  # a bad setting stops it early
     base_source, tuned_source = open_model(base, store), open_model(tuned, store)
     named = (
         store.load_manifest(base_source.artifact_id).name
@@ -152,13 +154,24 @@ def extract_adapter(
         Parent(_registered(base_source, store), "adapter", {"role": "base"}),
         Parent(_registered(tuned_source, store), "extract", {"rank": rank}),
     ]
-    added = add(
-        store, extracted.out_dir, name=name or extracted.out_dir.name, method="extract", links=links
+    added = _add_output(
+        store,
+        extracted.out_dir,
+        mode,
+        name=name or extracted.out_dir.name,
+        method="extract",
+        links=links,
     )
-    ensure_deltas(store, [added.manifest.id])
-    mode = repack_mode(store)
-    after_add(store, added.manifest, mode="off" if added.existed else mode, compress=True)
     return ExtractOutcome(extracted, added.manifest, added.existed)
+
+
+def _add_output(store: Store, folder: Path, mode: RepackMode, **options: Any) -> AddResult:
+    """Register a written output (`registry.add` options), record its deltas against
+    its parents, and compact it as the store's repack `mode` says."""
+    added = add(store, folder, **options)
+    ensure_deltas(store, [added.manifest.id])
+    after_add(store, added.manifest, mode="off" if added.existed else mode, compress=True)
+    return added
 
 
 def _registered(source: ModelSource, store: Store) -> str:
@@ -219,17 +232,16 @@ def _run_and_register(
     )
     if store is None:
         return MergeOutcome(result, None)
-    added = add(
+    added = _add_output(
         store,
         result.out_dir,
+        mode,
         name=name or result.out_dir.name,
         kind="adapter" if plan.merges_adapters else "merge",
         method=plan.method_name,
         links=_links(plan),
         meta={"seed": str(seed)} if plan.config.method.name.startswith(("dare", "della")) else {},
     )
-    ensure_deltas(store, [added.manifest.id])
-    after_add(store, added.manifest, mode="off" if added.existed else mode, compress=True)
     return MergeOutcome(result, added.manifest, existed=added.existed)
 
 

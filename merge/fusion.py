@@ -8,6 +8,7 @@ memory stays a few spans whatever the tensor's size.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -122,9 +123,14 @@ def sce(job: TensorJob) -> torch.Tensor:
     return out
 
 
-class _Everything:
+@dataclass(frozen=True)
+class _AllOrNone:
+    """A selection that keeps every element (1.0) or none (0.0)."""
+
+    keep: float
+
     def __call__(self, span: slice) -> float:
-        return 1.0
+        return self.keep
 
 
 class _TopVariance:
@@ -139,29 +145,22 @@ class _TopVariance:
         return self.mask(_variance(self.deltas(span)))
 
 
-class _Nothing:
-    def __call__(self, span: slice) -> float:
-        return 0.0
-
-
 def _variance(deltas: torch.Tensor) -> torch.Tensor:
     return torch.var(deltas, dim=0, unbiased=False)
 
 
 def _variance_mask(
     job: TensorJob, deltas: Deltas, spans: list[slice], n: int
-) -> _Everything | _Nothing | _TopVariance:
+) -> _AllOrNone | _TopVariance:
     """Which elements SCE's selection keeps (the top `select_topk` fraction of those
     whose variance is not zero)."""
     density = float(job.params["select_topk"])
-    if density >= 1:
-        return _Everything()
-    if density <= 0:
-        return _Nothing()
+    if density >= 1 or density <= 0:
+        return _AllOrNone(1.0 if density >= 1 else 0.0)
     nonzero = sum(int(torch.count_nonzero(_variance(deltas(span)))) for span in spans)
     k = int(nonzero * density)
     if k == 0:
-        return _Nothing()
+        return _AllOrNone(0.0)
 
     def variances() -> Iterator[torch.Tensor]:
         return (_variance(deltas(span)) for span in spans)
