@@ -113,6 +113,9 @@ def test_registered_under_the_base_with_an_edge_to_the_fine_tune(
     assert touched and {t["parent"] for t in touched} == {"tiny-llama@1"}
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "tiny-llama" and config["lora_alpha"] == 4
+    again = graft("extract", "tiny-llama-sft", "--base", "tiny-llama", "--rank", "4",
+                  "--out", tmp_path / "again")  # fmt: skip
+    assert "identical to lora@1" in again.stdout and "nothing new recorded" in again.stdout
 
 
 def test_modules_and_embeddings_choose_the_targets(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import click
 import graft
 from graft import lineage, registry
 from graft.lineage.hub import is_hub_ref
-from graft.registry import ExitCode, GraftError, Store
+from graft.registry import ExitCode, GraftError, Manifest, Store
 from graft.tui import lineage_views, pictures, render
 from graft.tui.cli_options import json_option, plot_option, with_store
 from graft.tui.cli_remote import REMOTE_COMMANDS
@@ -669,7 +669,16 @@ def extract(
         f"wrote {e.out_dir}: a rank-{e.rank} LoRA of {len(e.errors)} modules, "
         f"largest relative error {worst:.3g}"
     )
-    if m:
+    _say_registered(m, outcome.existed)
+
+
+def _say_registered(m: Manifest | None, existed: bool) -> None:
+    """The line after writing an output folder: what the store recorded of it."""
+    if m and existed:
+        render.out.print(
+            f"identical to {m.ref} ({m.id[:12]}), already registered: nothing new recorded"
+        )
+    elif m:
         render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`")
 
 
@@ -695,12 +704,7 @@ def _report_merge(outcome: Any, as_json: bool) -> None:
         f"wrote {r.out_dir} ({r.tensors} tensors in {len(r.files)} file(s), "
         f"{render.human_size(r.bytes_written)}, {len(r.touched)} changed) in {r.seconds:.1f} s",
     )
-    if m and outcome.existed:
-        render.out.print(
-            f"identical to {m.ref} ({m.id[:12]}), already registered: nothing new recorded"
-        )
-    elif m:
-        render.out.print(f"registered {m.ref} ({m.id[:12]}); see `graft log {m.ref}`")
+    _say_registered(m, outcome.existed)
 
 
 def _needs_store(config: Any) -> bool:
