@@ -173,21 +173,9 @@ def parse_config(doc: object, *, source: str = "config") -> MergeConfig:
         params=params,
         dtype=where.dtype(mapping.get("dtype"), "dtype"),
         out_dtype=where.dtype(mapping.get("out_dtype"), "out_dtype"),
-        tokenizer_source=_tokenizer_source(where, mapping.get("tokenizer_source")),
+        tokenizer_source=where.optional_string(mapping.get("tokenizer_source"), "tokenizer_source"),
         document=mapping,
     )
-
-
-def _tokenizer_source(where: _Where, value: object) -> str | None:
-    if value is None:
-        return None
-    name = where.string(value, "tokenizer_source")
-    if name == "union":
-        raise MergeConfigError(
-            f"{where.source}: tokenizer_source: union is not supported",
-            "use base or a model reference",
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -218,6 +206,9 @@ class _Where:
         if not isinstance(value, str) or not value:
             raise self.fail(key, "must be a non-empty string", "write a name, path or REF")
         return value
+
+    def optional_string(self, value: object, key: str) -> str | None:
+        return None if value is None else self.string(value, key)
 
     def dtype(self, value: object, key: str) -> DType | None:
         if value is None:

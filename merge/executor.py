@@ -213,7 +213,15 @@ def _execute(
         buffers: list[torch.Tensor] = []
         get = whole if task.copy else read  # copied tensors are small and compared whole
         base = get(task.base, buffers) if task.base else None
-        return Loaded(base, [get(r, buffers) for r in task.inputs], buffers)
+        inputs = [get(r, buffers) for r in task.inputs]
+        if task.vocab:
+            assert plan.vocab is not None
+            refs = [*([task.base] if task.base else []), *task.inputs]
+            laid = plan.vocab.permute(
+                [r.source for r in refs], [*([base] if base is not None else []), *inputs], device
+            )
+            base, inputs = (laid[0], laid[1:]) if base is not None else (None, laid)
+        return Loaded(base, inputs, buffers)
 
     # Three stages overlap: the reader loads tensor i+1 and the writer writes
     # tensor i-1 while tensor i is merged.

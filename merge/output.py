@@ -103,6 +103,8 @@ def companion_files(plan: MergePlan) -> dict[str, bytes]:
             out[rel] = data
     if "config.json" in out:
         out["config.json"] = _updated_config(plan, out["config.json"])
+    if plan.vocab is not None:
+        return out | plan.vocab.files
     tokenizer = plan.sources[plan.tokenizer_from]
     for rel in TOKENIZER_FILES:
         data = tokenizer.companion(rel)
@@ -123,6 +125,8 @@ def _updated_config(plan: MergePlan, raw: bytes) -> bytes:
         config[key] = name
     if plan.num_layers is not None:
         config["num_hidden_layers"] = plan.num_layers
+    if plan.vocab is not None:
+        config["vocab_size"] = plan.vocab.size
     return (json.dumps(config, indent=2) + "\n").encode()
 
 

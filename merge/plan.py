@@ -23,6 +23,7 @@ from graft.merge.adapters import UNSUPPORTED_METHODS, ZeroBase, delta_sources
 from graft.merge.config import InputSpec, MergeConfig, Params, ParamValue, Scalar
 from graft.merge.errors import MergeConfigError, MergeInputError
 from graft.merge.inputs import ModelSource, TensorInfo, is_adapter, open_model
+from graft.merge.vocab import UnionVocab, union_vocab
 from graft.registry import Store
 from graft.registry.safetensors_header import DTYPE_BITS
 
@@ -45,6 +46,7 @@ class TensorTask:
     input_params: tuple[dict[str, Scalar], ...]
     params: dict[str, Scalar]
     copy: bool  # not a float: written as is when every input agrees
+    vocab: bool = False  # one row per token: read through the union vocabulary
 
     @property
     def nbytes(self) -> int:
@@ -78,6 +80,7 @@ class MergePlan:
     # label → id of each input read from files, registered before the run so
     # that the files written name it (`output.parents`).
     registered: Mapping[str, str] = field(default_factory=dict)
+    vocab: UnionVocab | None = None  # with tokenizer_source: union
 
     @cached_property  # asked after every tensor, for progress
     def total_bytes(self) -> int:
@@ -125,7 +128,12 @@ def build_plan(config: MergeConfig, store: Store | None) -> MergePlan:
     segments = _segments(config, source_of, sources)
     base = index[config.base] if config.base is not None and config.method.uses_base else None
     reference = segments[0].members[0].source if base is None else base
-    planner = _Planner(config, sources, base)
+    vocab = None
+    if config.tokenizer_source == "union":
+        order = list(dict.fromkeys([reference, *(index[ref] for ref in opened)]))
+        base_model = index[config.base] if config.base is not None else None
+        vocab = union_vocab(sources, order, {i: _vocab_rows(sources[i]) for i in order}, base_model)
+    planner = _Planner(config, sources, base, vocab)
     tasks = [
         t for i, seg in enumerate(segments) for t in planner.segment_tasks(seg, i, len(segments))
     ]
@@ -134,7 +142,7 @@ def build_plan(config: MergeConfig, store: Store | None) -> MergePlan:
             f"{sources[reference].label}: no tensors to merge", "check the models and layer ranges"
         )
     tokenizer_from = reference
-    if config.tokenizer_source not in (None, "base"):
+    if config.tokenizer_source not in (None, "base", "union"):
         tokenizer_from = source_of(config.tokenizer_source)
     num_layers = segments[-1].out_start + segments[-1].length if config.slices else None
     return MergePlan(
@@ -148,6 +156,7 @@ def build_plan(config: MergeConfig, store: Store | None) -> MergePlan:
         method_name=config.method.name,
         merges_adapters=adapters is not None,
         adapter_base=adapters.base if adapters else None,
+        vocab=vocab,
     )
 
 
@@ -185,6 +194,11 @@ def _adapter_inputs(config: MergeConfig, opened: dict[str, ModelSource]) -> _Ada
             problem,
             "merge full models (write BASE+ADAPTER to fold an adapter in), or LoRA "
             "adapters with base_model naming their base",
+        )
+    if config.tokenizer_source == "union":
+        raise MergeConfigError(
+            "tokenizer_source: union cannot merge LoRA adapters",
+            "fold each into its base (BASE+ADAPTER) to merge full models",
         )
     if config.method.name in UNSUPPORTED_METHODS or config.slices:
         raise MergeConfigError(
@@ -231,14 +245,30 @@ def _segments(config: MergeConfig, source_of: Any, sources: list[ModelSource]) -
     return segments
 
 
+def _vocab_rows(source: ModelSource) -> int:
+    """Rows of the input embedding: the tokens the model has weights for."""
+    for name, info in source.tensors.items():
+        if len(info.shape) == 2 and place_of(name).block == "embedding":
+            return info.shape[0]
+    raise MergeInputError(
+        f"{source.label!r} has no token embedding", "tokenizer_source: union merges language models"
+    )
+
+
 def _layer_count(source: ModelSource) -> int:
     layers = [place_of(n).layer for n in source.tensors]
     return max((x for x in layers if x is not None), default=-1) + 1
 
 
 class _Planner:
-    def __init__(self, config: MergeConfig, sources: list[ModelSource], base: int | None) -> None:
-        self.config, self.sources, self.base = config, sources, base
+    def __init__(
+        self,
+        config: MergeConfig,
+        sources: list[ModelSource],
+        base: int | None,
+        vocab: UnionVocab | None,
+    ) -> None:
+        self.config, self.sources, self.base, self.vocab = config, sources, base, vocab
         self.method = config.method
 
     def segment_tasks(self, seg: _Segment, i: int, n: int) -> list[TensorTask]:
@@ -302,7 +332,7 @@ class _Planner:
 
         base_ref = ref(base) if base is not None and self.method.uses_base else None
         refs = [ref(m) for m in inputs]
-        info = self._info(ref(base or inputs[0]), [*([base_ref] if base_ref else []), *refs])
+        info, vocab = self._info(ref(base or inputs[0]), [*([base_ref] if base_ref else []), *refs])
         if not info.is_float:
             return TensorTask(out_name, info.shape, info.dtype, base_ref, tuple(refs), (), {}, True)
         top = [seg.params, self.config.params]
@@ -321,11 +351,17 @@ class _Planner:
         }
         dtype = self.config.out_dtype or self.config.dtype or info.dtype
         return TensorTask(
-            out_name, info.shape, dtype, base_ref, tuple(refs), input_params, params, False
+            out_name, info.shape, dtype, base_ref, tuple(refs), input_params, params, False, vocab
         )
 
-    def _info(self, first: TensorRef, refs: list[TensorRef]) -> TensorInfo:
+    def _info(self, first: TensorRef, refs: list[TensorRef]) -> tuple[TensorInfo, bool]:
+        """The output tensor's dtype and shape, and whether it is laid out in the
+        union vocabulary (inputs then differ in rows only)."""
         expected = self.sources[first.source].tensors.get(first.name)
+        assert expected is not None
+        vocab = self.vocab
+        if vocab is not None and not vocab.covers(first.source, first.name, expected):
+            vocab = None
         for r in refs:
             got = self.sources[r.source].tensors.get(r.name)
             label = self.sources[r.source].label
@@ -335,15 +371,20 @@ class _Planner:
                     "merge models of the same architecture (tensors present in only some "
                     "inputs cannot be merged)",
                 )
-            assert expected is not None
-            if got.shape != expected.shape:
+            if vocab is not None and vocab.covers(r.source, r.name, got):
+                same = got.shape[1:] == expected.shape[1:]
+            else:
+                same = got.shape == expected.shape
+            if not same:
                 raise MergeInputError(
                     f"tensor {r.name}: shape {list(got.shape)} in {label!r} but "
                     f"{list(expected.shape)} in {self.sources[first.source].label!r}",
-                    "merge models with the same shapes (vocabulary sizes included)",
+                    "merge models with the same shapes (for different vocabularies: "
+                    "tokenizer_source: union)",
                 )
-        assert expected is not None
-        return expected
+        if vocab is not None:
+            return TensorInfo(expected.dtype, (vocab.size, *expected.shape[1:])), True
+        return expected, False
 
     def _value(
         self,

@@ -24,12 +24,14 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from transformers import AddedToken, AutoTokenizer
 
 from graft.merge.config import parse_config
 from graft.merge.executor import run
 from graft.merge.plan import build_plan
 from tests.conftest import SAMPLES
 from tests.test_merge_methods import ref_karcher, ref_multislerp, ref_nuslerp
+from tests.test_tokenizer_union import VOCAB, with_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 MERGEKIT = ROOT / ".venv-mergekit" / "bin" / "mergekit-yaml"
@@ -69,6 +71,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
 def models_fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     """The same three models as fp32 files: both tools compute in fp32 throughout."""
     return _variants(tmp_path_factory.mktemp("models32"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def union_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Two fine-tunes (fp32 files) that add different tokens, one shared."""
+    root = tmp_path_factory.mktemp("union")
+    a = with_tokens(Path(SFT), root / "a", ["<tool>", "<think>"], 1)
+    b = with_tokens(Path(BASE), root / "b", ["<think>", AddedToken("<code>", special=True)], 2)
+    return str(a), str(b)
 
 
 def _variants(root: Path, dtype: torch.dtype) -> tuple[str, str, str]:
@@ -248,9 +259,40 @@ ALL_METHODS = [
 Key = tuple[str, str, str]  # (method, dtype, files)
 
 
-def _jobs(models: tuple[str, str, str], models_fp32: tuple[str, str, str]) -> dict[Key, tuple]:
+UNION_METHODS = ["linear", "ties"]
+
+
+def _union_configs(models: tuple[str, str]) -> dict[str, dict]:
+    a, b = models
+    return {
+        "linear": {
+            "merge_method": "linear",
+            "base_model": BASE,
+            "models": [
+                {"model": BASE, "parameters": {"weight": 0.2}},
+                {"model": a, "parameters": {"weight": 0.5}},
+                {"model": b, "parameters": {"weight": 0.3}},
+            ],
+        },
+        "ties": {
+            "merge_method": "ties",
+            "base_model": BASE,
+            "models": [
+                {"model": a, "parameters": {"weight": 0.6, "density": 0.5}},
+                {"model": b, "parameters": {"weight": 0.4, "density": 0.7}},
+            ],
+        },
+    }
+
+
+def _jobs(
+    models: tuple[str, str, str], models_fp32: tuple[str, str, str], union: tuple[str, str]
+) -> dict[Key, tuple]:
     """Every (config, seed) the tests compare, by (method, dtype, files)."""
     jobs: dict[Key, tuple] = {}
+    for method in UNION_METHODS:
+        config = {**_union_configs(union)[method], "dtype": "float32"}
+        jobs[method, "float32", "union"] = ({**config, "tokenizer_source": "union"}, 0)
     for method in ALL_METHODS:
         for dtype in ("bfloat16", "float32"):
             jobs[method, dtype, "bf16"] = ({**_configs(models)[method], "dtype": dtype}, 0)
@@ -265,11 +307,12 @@ def _jobs(models: tuple[str, str, str], models_fp32: tuple[str, str, str]) -> di
 def theirs(
     models: tuple[str, str, str],
     models_fp32: tuple[str, str, str],
+    union_models: tuple[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[Key, tuple[dict, int, Path]]:
     """mergekit's output folder for every job, with the job's config and seed."""
     root = tmp_path_factory.mktemp("mergekit")
-    jobs = _jobs(models, models_fp32)
+    jobs = _jobs(models, models_fp32, union_models)
     batch, done = [], {}
     for i, (key, (doc, seed)) in enumerate(jobs.items()):
         config = root / f"{i}.yaml"
@@ -457,3 +500,25 @@ def test_dare_ties_drops_what_mergekit_drops_on_average(
         assert kept(ours_delta) == pytest.approx(kept(theirs_delta), abs=0.03)
         ratio = float(ours_delta.norm() / theirs_delta.norm())
         assert ratio == pytest.approx(1.0, abs=0.1), name
+
+
+@pytest.mark.parametrize("method", UNION_METHODS)
+def test_union_tokenizer_agrees_with_mergekit(
+    method: str, theirs: dict[Key, tuple[dict, int, Path]], tmp_path: Path
+) -> None:
+    """Both tools build the same union vocabulary (ids of the new tokens may
+    differ: mergekit's order follows its own model order) and the same rows for
+    every token, within one fp32 ulp; the other tensors likewise."""
+    doc, _, folder = theirs[method, "float32", "union"]
+    ours, mergekit = _graft(doc, tmp_path / "graft"), _weights(folder)
+    mine = AutoTokenizer.from_pretrained(tmp_path / "graft").get_vocab()
+    theirs_vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    assert mine.keys() == theirs_vocab.keys()
+    rows = torch.tensor([theirs_vocab[t] for t in sorted(mine, key=mine.__getitem__)])
+    assert set(ours) == set(mergekit)
+    for name, tensor in ours.items():
+        other = mergekit[name][rows] if name in VOCAB else mergekit[name]
+        apart = _ulps_fp32(tensor, other) > 1
+        if method == "ties" and name not in VOCAB:  # no tie lands in the vocabulary rows
+            apart &= ~_threshold_ties(doc, name)
+        assert not apart.any(), f"{name}: {int(apart.sum())} elements further than 1 ulp"
