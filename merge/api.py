@@ -127,6 +127,7 @@ def extract_adapter(
     embeddings: bool = False,
     name: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> ExtractOutcome:
     """Write `tuned − base` as a rank-`rank` LoRA adapter of `base` into `out_dir`
     (`extract.extract_lora`); with `store`, register it as an adapter of the base
@@ -147,6 +148,7 @@ def extract_adapter(
         embeddings=embeddings,
         base_name=named,
         on_progress=on_progress,
+        should_cancel=should_cancel,
     )
     if store is None:
         return ExtractOutcome(extracted, None)

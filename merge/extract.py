@@ -17,7 +17,7 @@ import torch
 
 from graft.lineage.names import place_of
 from graft.merge.adapters import Factors, Target, dumps, truncated
-from graft.merge.errors import MergeConfigError, MergeInputError
+from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
 from graft.merge.executor import building
 from graft.merge.inputs import ModelSource
 from graft.merge.writer import PlannedTensor, ShardWriter
@@ -49,6 +49,7 @@ def extract_lora(
     embeddings: bool = False,
     base_name: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> Extracted:
     """Write into `out_dir` (absent or empty) a LoRA adapter of rank `rank` whose
     update is the best rank-`rank` approximation of `tuned − base` for every changed
@@ -60,6 +61,8 @@ def extract_lora(
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
     for done, name in enumerate(names):
+        if should_cancel and should_cancel():
+            raise MergeCancelled("extraction cancelled", "nothing was written or registered")
         delta = tuned.load_f32(name) - base.load_f32(name)
         if on_progress:
             on_progress(done + 1, len(names))

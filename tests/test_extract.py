@@ -14,7 +14,7 @@ from click.testing import Result
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from graft.merge import extract
+from graft.merge import MergeCancelled, extract
 from graft.merge.extract import extract_lora
 from graft.merge.inputs import LocalModel
 from tests.conftest import SAMPLES, graft_json
@@ -203,3 +203,21 @@ def test_the_randomized_path_gives_the_same_adapter_every_time(
         extract_lora(LocalModel(BASE, "base"), LocalModel(SFT, "sft"), tmp_path / out, rank=4)
     first, second = (tmp_path / o / "adapter_model.safetensors" for o in ("a", "b"))
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_cancelling_stops_before_anything_is_written(tmp_path: Path) -> None:
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) > 3  # after three modules
+
+    with pytest.raises(MergeCancelled, match="extraction cancelled"):
+        extract_lora(
+            LocalModel(BASE, "base"),
+            LocalModel(SFT, "sft"),
+            tmp_path / "out",
+            rank=2,
+            should_cancel=cancel,
+        )
+    assert len(asked) == 4 and not list(tmp_path.iterdir())

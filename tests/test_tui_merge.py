@@ -605,3 +605,76 @@ async def test_every_method_of_the_registry_has_a_form(store_path: Path) -> None
         await pilot.pause()
         await _type(pilot, _field(screen, "parameters.max_iter"), "2.5")
         assert screen.draft().problems()["parameters.max_iter"].startswith("must be a whole")
+
+
+async def test_extract_is_a_target_that_registers_a_lora_of_the_base(store_path: Path) -> None:
+    """The fine-tune under the cursor, over its base: pick extract, give a rank and a
+    name, run. The adapter is registered under the base with an edge to the fine-tune,
+    as `graft extract` does."""
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
+        screen.query_one("#method", Select).value = "extract"
+        await pilot.pause()
+        await pilot.pause()
+        assert screen.draft().problems() == {
+            "rank": "the adapter's rank is needed",
+            "name": "name the new artifact (no @ or /)",
+        }
+        assert screen.query_one("#seed", Input).disabled
+        assert str(screen.query_one("#run", Button).label) == "Run extract"
+        await _type(pilot, _field(screen, "rank"), "4")
+        await _type(pilot, _field(screen, "name"), "sft-lora")
+        assert screen.draft().problems() == {}
+        assert screen.preview == (
+            "# graft extract tiny-llama-sft@1 --base tiny-llama@1 --rank 4 --out ./sft-lora\n"
+        )
+        assert screen.check_action("save", ()) is None  # no YAML to save
+        await pilot.press("ctrl+r")
+        await _settle(app, pilot)
+        await _settle(app, pilot)
+        assert app.screen is not screen
+        [said] = [n.message for n in app._notifications if n.title == "graft: extracted"]
+        assert said.startswith("sft-lora@1: a rank-4 LoRA of ")
+        current = app.query_one(ArtifactTree).current
+        assert current is not None and current.ref == "sft-lora@1"
+    rows = {r.ref: r for r in list_artifacts(Store.open(store_path))}
+    lora = rows["sft-lora@1"]
+    assert lora.kind == "adapter" and lora.method == "extract"
+    assert set(lora.parents) == {"tiny-llama@1", "tiny-llama-sft@1"}
+    config = json.loads((store_path.parent / "sft-lora" / "adapter_config.json").read_text())
+    assert config["r"] == 4
+
+
+async def test_extract_refuses_an_adapter_or_two_inputs_before_running(store_path: Path) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="lora-copy@1")
+        screen.query_one("#method", Select).value = "extract"
+        await pilot.pause()
+        await pilot.pause()
+        await _type(pilot, _field(screen, "rank"), "4")
+        await _type(pilot, _field(screen, "name"), "x")
+        assert screen.draft().problems() == {"inputs": "pick the one fine-tuned model to extract"}
+        screen.query_one("#inputs", SelectionList).deselect("lora-copy@1")
+        screen.query_one("#inputs", SelectionList).select("tiny-llama-sft@1")
+        await pilot.pause()
+        assert screen.draft().problems() == {}
+        screen.query_one("#inputs", SelectionList).select("lora-reverse@1")
+        await pilot.pause()
+        assert "inputs" in screen.draft().problems()
+        assert screen.query_one("#run", Button).disabled
+
+
+def test_an_extract_draft_checks_its_own_fields() -> None:
+    ok = Draft("extract", "b", ("x",), rank="8", name="n")
+    assert ok.problems() == {} and ok.yaml() == ""
+    assert ok.command() == "graft extract x --base b --rank 8 --out ./n"
+    assert Draft("extract", None, ("x",), rank="8", name="n").problems() == {
+        "base": "extract needs the base the fine-tune came from"
+    }
+    assert Draft("extract", "b", ("x",), rank="0", name="n").problems() == {
+        "rank": "must be a whole number ≥ 1"
+    }
+    unfinished = Draft("extract", "b", (), name="n", out_dir="/o")
+    assert unfinished.command() == "graft extract REF --base b --rank R --out /o --name n"

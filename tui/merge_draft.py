@@ -1,5 +1,5 @@
 """The merge builder's form as data: what was typed, checked field by field, and the
-mergekit-style config it stands for.
+mergekit-style config (or, for the extract target, the `graft extract` run) it stands for.
 
 The builder screen only renders a `Draft` and calls `problems()` and `document()`;
 the checks themselves come from the method registry (`merge.methods`), so the form,
@@ -19,6 +19,29 @@ import yaml
 from graft.merge.methods import METHODS, Method, Param
 
 DTYPES = ("bfloat16", "float16", "float32")
+
+# Beside the merge methods, the builder's one other target: a fine-tune's change
+# as a LoRA adapter of its base (`graft extract`).
+EXTRACT = "extract"
+TARGETS = (*METHODS, EXTRACT)
+
+
+@dataclass(frozen=True)
+class Fields:
+    """What the form asks for one target."""
+
+    doc: str
+    uses_base: bool
+    input_params: tuple[Param, ...] = ()
+    global_params: tuple[Param, ...] = ()
+
+
+def fields_of(target: str) -> Fields:
+    if target == EXTRACT:
+        return Fields("the fine-tune's change as a rank-R LoRA of the base (truncated SVD)", True)
+    method = METHODS[target]
+    return Fields(method.reference, method.uses_base, method.input_params, method.global_params)
+
 
 # A new input's weight starts at 1 (every method that takes a weight requires one);
 # other required values start empty, so the form asks for them.
@@ -59,9 +82,13 @@ class Draft:
         return METHODS[self.method]
 
     @property
+    def extracts(self) -> bool:
+        return self.method == EXTRACT
+
+    @property
     def base_used(self) -> str | None:
         """The base, when the method takes one (linear and passthrough do not)."""
-        return self.base if self.spec.uses_base else None
+        return self.base if fields_of(self.method).uses_base else None
 
     @property
     def output(self) -> Path:
@@ -73,6 +100,31 @@ class Draft:
         Keys: "base", "inputs", "seed", "rank", "name", "folder", `input_key(...)` and
         `global_key(...)`.
         """
+        out = self._extract_problems() if self.extracts else self._merge_problems()
+        seed = _whole(self.seed)
+        if seed is None or seed < 0:
+            out["seed"] = "must be a whole number ≥ 0"
+        rank = _whole(self.rank)
+        if self.rank.strip() and (rank is None or rank < 1):
+            out["rank"] = "must be a whole number ≥ 1" + ("" if self.extracts else ", or empty")
+        name = self.name.strip()
+        if not name or "@" in name or "/" in name:
+            out["name"] = "name the new artifact (no @ or /)"
+        elif self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
+            out["folder"] = f"{self.output} already exists: choose another name or folder"
+        return out
+
+    def _extract_problems(self) -> dict[str, str]:
+        out = {}
+        if self.base is None:
+            out["base"] = "extract needs the base the fine-tune came from"
+        if len(self.inputs) != 1 or self.kinds.get(self.inputs[0]) == "adapter":
+            out["inputs"] = "pick the one fine-tuned model to extract"
+        if not self.rank.strip():
+            out["rank"] = "the adapter's rank is needed"
+        return out
+
+    def _merge_problems(self) -> dict[str, str]:
         out: dict[str, str] = {}
         method = self.spec
         if method.needs_base and self.base is None:
@@ -107,17 +159,6 @@ class Draft:
                 problem = _float_problem(param, str(self.global_values.get(param.name, "")))
                 if problem:
                     out[global_key(param.name)] = problem
-        seed = _whole(self.seed)
-        if seed is None or seed < 0:
-            out["seed"] = "must be a whole number ≥ 0"
-        rank = _whole(self.rank)
-        if self.rank.strip() and (rank is None or rank < 1):
-            out["rank"] = "must be a whole number ≥ 1, or empty"
-        name = self.name.strip()
-        if not name or "@" in name or "/" in name:
-            out["name"] = "name the new artifact (no @ or /)"
-        elif self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
-            out["folder"] = f"{self.output} already exists: choose another name or folder"
         return out
 
     def document(self) -> dict[str, Any]:
@@ -156,15 +197,23 @@ class Draft:
         return doc
 
     def yaml(self) -> str:
-        return yaml.safe_dump(self.document(), sort_keys=False)
+        """The merge config (nothing for an extraction, which has none)."""
+        return "" if self.extracts else yaml.safe_dump(self.document(), sort_keys=False)
 
     def command(self) -> str:
-        """The `graft merge` line that runs this draft saved as NAME.yaml."""
+        """The `graft merge` line that runs this draft saved as NAME.yaml (or the
+        `graft extract` line)."""
         name = self.name.strip() or "NAME"
-        words = ["graft", "merge", f"{name}.yaml", "--out", self.out_dir.strip() or f"./{name}"]
+        out = ["--out", self.out_dir.strip() or f"./{name}"]
         if self.out_dir.strip():  # the name no longer follows from the folder
-            words += ["--name", name]
+            out += ["--name", name]
         problems = self.problems()  # like the YAML, the line leaves bad values out
+        if self.extracts:
+            tuned = self.inputs[0] if "inputs" not in problems else "REF"
+            rank = self.rank.strip() if "rank" not in problems else "R"
+            words = ["graft", "extract", tuned, "--base", self.base or "BASE", "--rank", rank]
+            return shlex.join(words + out)
+        words = ["graft", "merge", f"{name}.yaml", *out]
         if self.seed.strip() not in ("", "0") and "seed" not in problems:
             words += ["--seed", self.seed.strip()]
         if self.rank.strip() and "rank" not in problems:

@@ -3,7 +3,8 @@
 The form is a `Draft` (tui.merge_draft), whose checks come from the method registry;
 every change re-renders the problems, the YAML preview and the Run action. The merge
 runs in a thread worker that posts progress messages and stops at the next tensor
-when cancelled; the screen dismisses with the new artifact's ref.
+when cancelled; the screen dismisses with the new artifact's ref. Its last target,
+`extract`, runs `graft extract` instead: one fine-tune over its base, as a LoRA.
 """
 
 from __future__ import annotations
@@ -37,11 +38,21 @@ from textual.worker import Worker, WorkerState
 
 from graft.merge import MergeCancelled, MergeOutcome, merge_models, parse_config
 from graft.merge.adapters import EXACT_METHODS
-from graft.merge.methods import METHODS, Param
+from graft.merge.api import ExtractOutcome, extract_adapter
+from graft.merge.methods import Param
 from graft.merge.results import MergeProgress
 from graft.registry import ArtifactRow, GraftError, Store
 from graft.registry.fsutil import write_atomic
-from graft.tui.merge_draft import DTYPES, STARTING_VALUES, Draft, global_key, input_key
+from graft.tui.merge_draft import (
+    DTYPES,
+    EXTRACT,
+    STARTING_VALUES,
+    TARGETS,
+    Draft,
+    fields_of,
+    global_key,
+    input_key,
+)
 
 DEFAULT_METHOD = "ties"
 
@@ -102,7 +113,7 @@ class MergeBuilder(ModalScreen[str | None]):
                 with Horizontal(classes="row"):
                     yield Label("Method", classes="field")
                     yield Select(
-                        [(name, name) for name in METHODS],
+                        [(name, name) for name in TARGETS],
                         value=DEFAULT_METHOD,
                         allow_blank=False,
                         compact=True,
@@ -202,10 +213,14 @@ class MergeBuilder(ModalScreen[str | None]):
     @on(Select.Changed, "#method")
     async def _method_changed(self) -> None:
         self._status(Text(""))  # a failure or "saved" is about the draft as it was
-        spec = METHODS[self.method]
-        self.query_one("#method-doc", Static).update(Text(spec.reference, style="dim"))
-        self.query_one("#base", Select).disabled = not spec.uses_base
-        self.query_one("#rank", Input).placeholder = _rank_hint(spec.name)
+        fields = fields_of(self.method)
+        self.query_one("#method-doc", Static).update(Text(fields.doc, style="dim"))
+        self.query_one("#base", Select).disabled = not fields.uses_base
+        self.query_one("#rank", Input).placeholder = _rank_hint(self.method)
+        extracts = self.method == EXTRACT
+        for unused in ("#seed", "#dtype"):  # extraction writes fp32 factors, draws nothing
+            self.query_one(unused).disabled = extracts
+        self.query_one("#run", Button).label = "Run extract" if extracts else "Run merge"
         await self._show_global_params()
         self._offer_inputs()
         await self._show_input_params(rebuild=True)
@@ -225,7 +240,7 @@ class MergeBuilder(ModalScreen[str | None]):
         """Every artifact but the base can be an input; the chosen ones stay chosen."""
         inputs: SelectionList[str] = self.query_one("#inputs", SelectionList)
         chosen = chosen or tuple(inputs.selected)
-        base = self.base if METHODS[self.method].uses_base else None
+        base = self.base if fields_of(self.method).uses_base else None
         inputs.clear_options()
         inputs.add_options(
             (Text.assemble(r.ref, (f"  {r.kind}", "dim")), r.ref)
@@ -259,7 +274,7 @@ class MergeBuilder(ModalScreen[str | None]):
 
     def _input_block(self, ref: str) -> Vertical:
         fields: list[Label | Input] = []
-        for param in METHODS[self.method].input_params:
+        for param in fields_of(self.method).input_params:
             key = input_key(ref, param.name)
             self.values.setdefault(key, STARTING_VALUES.get(param.name, ""))
             fields += [Label(param.name), _param_input(key, str(self.values[key]), param)]
@@ -273,7 +288,7 @@ class MergeBuilder(ModalScreen[str | None]):
         """The method's merge-wide parameters, two to a line."""
         box = self.query_one("#global-params", Grid)
         await box.remove_children()
-        for param in METHODS[self.method].global_params:
+        for param in fields_of(self.method).global_params:
             key = global_key(param.name)
             if param.kind == "bool":  # only a switch the user flipped is in `values`
                 value = self.values.get(key, param.default)
@@ -338,6 +353,8 @@ class MergeBuilder(ModalScreen[str | None]):
             return self.running
         if action == "close":
             return not self.running
+        if action == "save" and self.method == EXTRACT:
+            return None  # an extraction has no YAML
         if action in ("run", "save"):  # save: not while running (its prompt would sit
             # over the builder when the merge ends), nor with problems (left out of the YAML)
             return None if self.running or not self._ready else True
@@ -355,7 +372,8 @@ class MergeBuilder(ModalScreen[str | None]):
         bar = self.query_one("#progress", ProgressBar)
         bar.display = True
         bar.update(total=None, progress=0)
-        self._status(Text(f"merging into {draft.output} …"))
+        doing = "extracting" if draft.extracts else "merging"
+        self._status(Text(f"{doing} into {draft.output} …"))
         self._show_state()
         self.run_merge(draft)
 
@@ -372,7 +390,7 @@ class MergeBuilder(ModalScreen[str | None]):
 
     def action_save(self) -> None:
         draft = self.draft()
-        if self.running or draft.problems():
+        if self.running or draft.problems() or draft.extracts:
             return
 
         def save(path: Path | None) -> None:
@@ -390,8 +408,7 @@ class MergeBuilder(ModalScreen[str | None]):
     # The merge, in a worker.
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="merge")
-    def run_merge(self, draft: Draft) -> MergeOutcome:
-        config = parse_config(draft.document(), source="merge builder")
+    def run_merge(self, draft: Draft) -> MergeOutcome | ExtractOutcome:
         percent = -1
 
         def progress(p: MergeProgress) -> None:
@@ -401,6 +418,19 @@ class MergeBuilder(ModalScreen[str | None]):
                 percent = now
                 self.post_message(self.Progressed(p))
 
+        if draft.extracts:
+            assert draft.base is not None
+            return extract_adapter(
+                draft.inputs[0],
+                draft.base,
+                draft.output,
+                rank=int(draft.rank),
+                store=self.store,
+                name=draft.name.strip(),
+                on_progress=lambda done, total: progress(MergeProgress(done, total, 0, 0, "")),
+                should_cancel=self._stop.is_set,
+            )
+        config = parse_config(draft.document(), source="merge builder")
         return merge_models(
             config,
             draft.output,
@@ -424,8 +454,10 @@ class MergeBuilder(ModalScreen[str | None]):
             return
         if event.state == WorkerState.SUCCESS:
             outcome = event.worker.result
-            assert isinstance(outcome, MergeOutcome) and outcome.manifest is not None
-            self.app.notify(_summary(outcome, self.draft().name.strip()), title="graft: merged")
+            assert isinstance(outcome, MergeOutcome | ExtractOutcome)
+            assert outcome.manifest is not None
+            title = "graft: extracted" if isinstance(outcome, ExtractOutcome) else "graft: merged"
+            self.app.notify(_summary(outcome, self.draft().name.strip()), title=title)
             if not self.is_active:  # e.g. the command palette is open over the builder
                 self.pop_until_active()
             self.dismiss(outcome.manifest.ref)
@@ -435,10 +467,11 @@ class MergeBuilder(ModalScreen[str | None]):
             self.query_one("#progress", ProgressBar).display = False
             error = event.worker.error
             self._show_state()
+            what = "extraction" if self.method == EXTRACT else "merge"
             if isinstance(error, MergeCancelled):
-                self._status(Text("merge cancelled: nothing written or registered", "yellow"))
+                self._status(Text(f"{what} cancelled: nothing written or registered", "yellow"))
             else:  # the draft's checks passed, the run did not: not "ready to run"
-                self._status(Text(f"merge failed: {_describe(error)}", style="red"))
+                self._status(Text(f"{what} failed: {_describe(error)}", style="red"))
                 failed = Text("✗ the run failed: see below", style="red")
                 self.query_one("#problems", Static).update(failed)
             if self._focused is not None:
@@ -516,15 +549,25 @@ def _preview(draft: Draft) -> str:
     return f"# {draft.command()}\n{note}{draft.yaml()}"
 
 
-def _summary(outcome: MergeOutcome, name: str) -> str:
-    """What the new artifact is, for the notification after a merge."""
-    r = outcome.result
+def _summary(outcome: MergeOutcome | ExtractOutcome, name: str) -> str:
+    """What the new artifact is, for the notification after a merge or extraction."""
     m = outcome.manifest
     assert m is not None
-    text = f"{m.ref}: {r.tensors} tensors in {r.seconds:.1f} s, in {r.out_dir}"
+    if isinstance(outcome, ExtractOutcome):
+        e = outcome.extracted
+        text = (
+            f"{m.ref}: a rank-{e.rank} LoRA of {len(e.errors)} modules, largest relative "
+            f"error {max(e.errors.values()):.3g}, in {e.out_dir}"
+        )
+    else:
+        text = f"{m.ref}: {outcome.result.tensors} tensors in {outcome.result.seconds:.1f} s, "
+        text += f"in {outcome.result.out_dir}"
     if outcome.existed:  # the registry keeps the first name of identical content
         text += f"; identical to {m.ref}, already registered"
         text += "" if m.name == name else f", so not named {name}"
+    if isinstance(outcome, ExtractOutcome):
+        return text
+    r = outcome.result
     if r.rank is not None:
         text += f"; an adapter of rank {r.rank}"
     if r.truncation_error is not None:
@@ -534,6 +577,8 @@ def _summary(outcome: MergeOutcome, name: str) -> str:
 
 def _rank_hint(method: str) -> str:
     """What an empty Rank means for a merge of adapters by `method` (fits 80 columns)."""
+    if method == EXTRACT:
+        return "the adapter's rank (needed)"
     if method in EXACT_METHODS:
         return "adapters; empty: exact (rank sum)"
     return "adapters; empty: rank sum, by SVD"
