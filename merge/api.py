@@ -123,6 +123,7 @@ def extract_adapter(
     *,
     rank: int,
     store: Store | None,
+    register: bool = True,
     modules: tuple[str, ...] = (),
     embeddings: bool = False,
     name: str | None = None,
@@ -130,9 +131,10 @@ def extract_adapter(
     should_cancel: Callable[[], bool] | None = None,
 ) -> ExtractOutcome:
     """Write `tuned − base` as a rank-`rank` LoRA adapter of `base` into `out_dir`
-    (`extract.extract_lora`); with `store`, register it as an adapter of the base
-    with an `extract` edge to the fine-tune (folder inputs are registered first)."""
-    mode = repack_mode(store) if store is not None else "off"  # a bad setting stops it early
+    (`extract.extract_lora`). `store` also resolves registered references; with
+    `register`, the adapter is added to it under the base with an `extract` edge to
+    the fine-tune (folder inputs are registered first)."""
+    mode = repack_mode(store) if store and register else "off"  # a bad setting stops it early
     base_source, tuned_source = open_model(base, store), open_model(tuned, store)
     named = (
         store.load_manifest(base_source.artifact_id).name
@@ -150,7 +152,7 @@ def extract_adapter(
         on_progress=on_progress,
         should_cancel=should_cancel,
     )
-    if store is None:
+    if store is None or not register:
         return ExtractOutcome(extracted, None)
     links = [
         Parent(_registered(base_source, store), "adapter", {"role": "base"}),

@@ -19,6 +19,7 @@ from graft.lineage.names import place_of
 from graft.merge.adapters import Factors, Target, dumps, truncated
 from graft.merge.errors import MergeCancelled, MergeConfigError, MergeInputError
 from graft.merge.executor import building
+from graft.merge.heap import trim_heap
 from graft.merge.inputs import ModelSource
 from graft.merge.writer import PlannedTensor, ShardWriter
 
@@ -84,6 +85,8 @@ def extract_lora(
         tensors[f"{PEFT_PREFIX}{module}.{a_key}"] = factors.a
         tensors[f"{PEFT_PREFIX}{module}.{b_key}"] = factors.b
         errors[module] = factors.rel_error
+        del delta, factors
+        trim_heap()  # what decoding the inputs freed: else the heap grows matrix by matrix
     if not errors:
         raise MergeInputError(
             "no weight the extraction looks at differs between the two models",

@@ -221,3 +221,19 @@ def test_cancelling_stops_before_anything_is_written(tmp_path: Path) -> None:
             should_cancel=cancel,
         )
     assert len(asked) == 4 and not list(tmp_path.iterdir())
+
+
+def test_no_register_still_reads_registered_models(
+    graft: Callable[..., Result], tmp_path: Path
+) -> None:
+    graft("add", BASE, "--name", "base")
+    graft("add", SFT, "--name", "sft", "--parent", "base")
+    before = graft_json(graft, "ls")
+    graft("extract", "sft", "--base", "base", "--rank", "4", "--out", tmp_path / "lora",
+          "--no-register")  # fmt: skip
+    assert graft_json(graft, "ls") == before
+    from_files = tmp_path / "from-files"
+    graft("extract", SFT, "--base", BASE, "--rank", "4", "--out", from_files, "--no-register")
+    ours = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    theirs = load_file(from_files / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
