@@ -13,24 +13,12 @@ import yaml
 import graft
 from graft.merge.inputs import FoldedModel, ModelSource
 from graft.merge.plan import MergePlan
+from graft.merge.vocab import TOKENIZER_FILES
 from graft.registry.manifest import Relation
 
-# Files copied from the model that provides the architecture...
+# Files copied from the model that provides the architecture (the tokenizer's:
+# `vocab.TOKENIZER_FILES`).
 MODEL_FILES = ("config.json", "generation_config.json")
-# ...and from the tokenizer source.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "spiece.model",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 

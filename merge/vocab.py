@@ -28,9 +28,8 @@ from graft.merge.chunks import TensorIn, part_of
 from graft.merge.errors import MergeInputError
 from graft.merge.inputs import ModelSource, TensorInfo
 
-# What AutoTokenizer may need from an input to load its tokenizer.
-_TOKENIZER_INPUTS = (
-    "config.json",
+# A tokenizer's files (copied from the tokenizer source when there is no union).
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -40,6 +39,8 @@ _TOKENIZER_INPUTS = (
     "vocab.json",
     "merges.txt",
     "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 
 
@@ -183,7 +184,7 @@ def _load_tokenizer(source: ModelSource) -> Any:  # a transformers tokenizer
 
     with tempfile.TemporaryDirectory(prefix="graft-tokenizer-") as folder:
         found = False
-        for rel in _TOKENIZER_INPUTS:
+        for rel in ("config.json", *TOKENIZER_FILES):  # config: which tokenizer class
             data = source.companion(rel)
             if data is not None:
                 Path(folder, rel).write_bytes(data)

@@ -17,22 +17,20 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, ProgressBar, Static
-from textual.worker import Worker, WorkerState
 
 from graft import lineage
 from graft.lineage.hub import is_hub_ref
 from graft.registry import AddResult, GraftError, Store
 from graft.registry.add import OnProgress
+from graft.tui.screens.store_dialog import StoreDialog
 
 # Offered for the method field after the store's own methods.
 COMMON_METHODS = ("sft", "dpo", "orpo", "kto", "ppo", "lora", "qlora", "dora", "full", "distill")
 PROGRESS_INTERVAL = 0.05  # seconds between progress messages: at most ~20 a second
 PATH_PLACEHOLDER = "required: a .safetensors file, a folder or hf:ORG/NAME"
-IDLE_HINT = "enter or ctrl+s adds it; tab moves between the fields"
 
 
 @dataclass(frozen=True)
@@ -64,10 +62,10 @@ def suggested_methods(known: Iterable[str]) -> list[str]:
     return own + [m for m in COMMON_METHODS if m not in own]
 
 
-class AddDialog(ModalScreen[str | None]):
-    """Register a path; dismisses with the artifact's NAME@N, or None when closed."""
+class AddDialog(StoreDialog):
+    """Register a path."""
 
-    CSS_PATH = "add_dialog.tcss"
+    IDLE_HINT = "enter or ctrl+s adds it; tab moves between the fields"
     AUTO_FOCUS = "#path"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "add", "Add"),
@@ -89,13 +87,6 @@ class AddDialog(ModalScreen[str | None]):
             super().__init__()
             self.result = result
 
-    class Failed(Message):
-        """The registry refused the request; the store is unchanged."""
-
-        def __init__(self, error: GraftError) -> None:
-            super().__init__()
-            self.error = error
-
     def __init__(
         self, store: Store, *, refs: Iterable[str] = (), methods: Iterable[str] = ()
     ) -> None:
@@ -103,7 +94,6 @@ class AddDialog(ModalScreen[str | None]):
         self.store = store
         self.refs = list(refs)
         self.methods = suggested_methods(methods)
-        self.busy = False
         self.path_ok = False
         self._focused: Widget | None = None
 
@@ -143,14 +133,10 @@ class AddDialog(ModalScreen[str | None]):
 
     def request(self) -> AddRequest:
         """The form as typed: blank optional fields become None."""
-
-        def field(name: str) -> str | None:
-            return self.query_one(f"#{name}", Input).value.strip() or None
-
         path = self.query_one("#path", Input).value.strip()
         if not is_hub_ref(path):
             path = str(Path(path).expanduser())
-        return AddRequest(path, field("name"), field("parent"), field("method"))
+        return AddRequest(path, self.field("name"), self.field("parent"), self.field("method"))
 
     # The worker: it registers, never touches widgets, and posts what happened.
 
@@ -213,19 +199,11 @@ class AddDialog(ModalScreen[str | None]):
         self._set_busy(False)
         self.dismiss(ref)
 
-    def on_add_dialog_failed(self, message: Failed) -> None:
+    def on_store_dialog_failed(self, message: StoreDialog.Failed) -> None:
         self._set_busy(False)
         self._show_message(str(message.error), error=True)
         if self._focused is not None:  # where the user was, to fix what was wrong
             self._focused.focus()
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        event.stop()  # the app would notify the same error
-        if event.state == WorkerState.ERROR:  # not a GraftError: a bug, still shown here
-            self._set_busy(False)
-            self._show_message(
-                f"an internal error ({event.worker.error}); please report it", error=True
-            )
 
     @on(Input.Changed, "#path")
     def _path_changed(self, event: Input.Changed) -> None:
@@ -245,15 +223,6 @@ class AddDialog(ModalScreen[str | None]):
     @on(Button.Pressed, "#add")
     def _add_pressed(self) -> None:
         self.action_add()
-
-    @on(Button.Pressed, "#cancel")
-    def _cancel_pressed(self) -> None:
-        self.action_cancel()
-
-    def _show_message(self, text: str, *, error: bool = False) -> None:
-        message = self.query_one("#message", Static)
-        message.set_class(error and bool(text), "-error")
-        message.update(text or IDLE_HINT)
 
     def _set_busy(self, busy: bool) -> None:
         self.busy = busy
@@ -290,7 +259,3 @@ class AddDialog(ModalScreen[str | None]):
         self.query_one(ProgressBar).update(total=None, progress=0)
         self._show_message(f"adding {request.path}… (cannot be interrupted)")
         self.add_artifact(request)
-
-    def action_cancel(self) -> None:
-        if not self.busy:
-            self.dismiss(None)

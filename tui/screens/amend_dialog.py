@@ -12,16 +12,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Footer, Input, Label, Static
-from textual.worker import Worker, WorkerState
 
 from graft import registry
 from graft.registry import ArtifactRow, GraftError, Manifest, Store
 from graft.tui.screens.add_dialog import suggested_methods
-
-IDLE_HINT = "blank fields stay as they are; enter or ctrl+s amends"
+from graft.tui.screens.store_dialog import StoreDialog
 
 
 @dataclass(frozen=True)
@@ -36,10 +33,10 @@ class AmendRequest:
         return any((self.parent, self.method, self.name))
 
 
-class AmendDialog(ModalScreen[str | None]):
-    """Amend `row`; dismisses with its NAME@N after the change, or None when closed."""
+class AmendDialog(StoreDialog):
+    """Amend `row`."""
 
-    CSS_PATH = "add_dialog.tcss"
+    IDLE_HINT = "blank fields stay as they are; enter or ctrl+s amends"
     AUTO_FOCUS = "#parent"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "amend", "Amend"),
@@ -50,13 +47,6 @@ class AmendDialog(ModalScreen[str | None]):
         def __init__(self, manifest: Manifest) -> None:
             super().__init__()
             self.manifest = manifest
-
-    class Failed(Message):
-        """The registry refused; nothing was recorded."""
-
-        def __init__(self, error: GraftError) -> None:
-            super().__init__()
-            self.error = error
 
     def __init__(
         self,
@@ -71,7 +61,6 @@ class AmendDialog(ModalScreen[str | None]):
         self.row = row
         self.refs = [r for r in refs if r != row.ref]
         self.methods = suggested_methods(methods)
-        self.busy = False
 
     def compose(self) -> ComposeResult:
         row = self.row
@@ -101,7 +90,7 @@ class AmendDialog(ModalScreen[str | None]):
                 yield Input(
                     placeholder=f"now: {row.name}; a new one gets its next version", id="name"
                 )
-            yield Static(IDLE_HINT, id="message")
+            yield Static(self.IDLE_HINT, id="message")
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Amend", variant="primary", id="amend")
@@ -112,10 +101,7 @@ class AmendDialog(ModalScreen[str | None]):
             self.query_one("#method", Input).focus()
 
     def request(self) -> AmendRequest:
-        def field(name: str) -> str | None:
-            return self.query_one(f"#{name}", Input).value.strip() or None
-
-        return AmendRequest(field("parent"), field("method"), field("name"))
+        return AmendRequest(self.field("parent"), self.field("method"), self.field("name"))
 
     @work(thread=True, exit_on_error=False, exclusive=True, group="amend")
     def amend_artifact(self, request: AmendRequest) -> None:
@@ -137,35 +123,18 @@ class AmendDialog(ModalScreen[str | None]):
         self.app.notify(f"amended {self.row.ref}: now {m.ref}, method {m.method or '-'}")
         self.dismiss(m.ref)
 
-    def on_amend_dialog_failed(self, message: Failed) -> None:
+    def on_store_dialog_failed(self, message: StoreDialog.Failed) -> None:
         self._set_busy(False)
         self._show_message(str(message.error), error=True)
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        event.stop()  # the app would notify the same error
-        if event.state == WorkerState.ERROR:  # not a GraftError: a bug, still shown here
-            self._set_busy(False)
-            self._show_message(
-                f"an internal error ({event.worker.error}); please report it", error=True
-            )
-
     @on(Input.Changed)
     def _edited(self) -> None:
-        self._show_message(IDLE_HINT)
+        self._show_message("")
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#amend")
     def _amend_pressed(self) -> None:
         self.action_amend()
-
-    @on(Button.Pressed, "#cancel")
-    def _cancel_pressed(self) -> None:
-        self.action_cancel()
-
-    def _show_message(self, text: str, *, error: bool = False) -> None:
-        message = self.query_one("#message", Static)
-        message.set_class(error, "-error")
-        message.update(text)
 
     def _set_busy(self, busy: bool) -> None:
         self.busy = busy
@@ -182,7 +151,3 @@ class AmendDialog(ModalScreen[str | None]):
         self._set_busy(True)
         self._show_message(f"amending {self.row.ref}…")
         self.amend_artifact(request)
-
-    def action_cancel(self) -> None:
-        if not self.busy:
-            self.dismiss(None)
