@@ -622,6 +622,7 @@ async def test_extract_is_a_target_that_registers_a_lora_of_the_base(store_path:
             "name": "name the new artifact (no @ or /)",
         }
         assert screen.query_one("#seed", Input).disabled
+        assert screen.query_one("#union", Checkbox).disabled
         assert str(screen.query_one("#run", Button).label) == "Run extract"
         await _type(pilot, _field(screen, "rank"), "4")
         await _type(pilot, _field(screen, "name"), "sft-lora")
@@ -678,3 +679,38 @@ def test_an_extract_draft_checks_its_own_fields() -> None:
     }
     unfinished = Draft("extract", "b", (), name="n", out_dir="/o")
     assert unfinished.command() == "graft extract REF --base b --rank R --out /o --name n"
+
+
+async def test_the_union_switch_writes_tokenizer_source_and_the_merge_runs(
+    store_path: Path,
+) -> None:
+    app = GraftApp(store_path, poll=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
+        screen.query_one("#method", Select).value = "task_arithmetic"
+        await pilot.pause()
+        await pilot.pause()
+        screen.query_one("#union", Checkbox).value = True
+        await _type(pilot, _field(screen, "name"), "widened")
+        assert screen.draft().problems() == {}
+        assert screen.draft().document()["tokenizer_source"] == "union"
+        assert "tokenizer_source: union" in screen.preview
+        screen.query_one("#inputs", SelectionList).select("lora-copy@1")
+        await pilot.pause()
+        assert screen.draft().problems()["inputs"] == "pick only full models, or only LoRA adapters"
+        screen.query_one("#inputs", SelectionList).deselect("tiny-llama-sft@1")
+        await pilot.pause()
+        assert screen.draft().problems()["inputs"] == (
+            "a tokenizer union merges full models, not adapters"
+        )
+        screen.query_one("#inputs", SelectionList).deselect("lora-copy@1")
+        screen.query_one("#inputs", SelectionList).select("tiny-llama-sft@1")
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await _settle(app, pilot)
+        await _settle(app, pilot)
+        assert app.screen is not screen
+    rows = {r.ref: r for r in list_artifacts(Store.open(store_path))}
+    assert rows["widened@1"].method == "task_arithmetic"
+    config = json.loads((store_path.parent / "widened" / "config.json").read_text())
+    assert config["vocab_size"] == 384  # the same tokenizers: the union adds nothing

@@ -75,6 +75,7 @@ class Draft:
     name: str = ""
     out_dir: str = ""  # empty: ./NAME
     dtype: str | None = None
+    union: bool = False  # tokenizer_source: union (inputs whose vocabularies differ)
     kinds: Mapping[str, str] = field(default_factory=dict)  # ref → artifact kind, if known
 
     @property
@@ -136,6 +137,8 @@ class Draft:
             adapters = [r for r in self.inputs if self.kinds.get(r) == "adapter"]
             if adapters and len(adapters) < count:
                 out["inputs"] = "pick only full models, or only LoRA adapters"
+            elif adapters and self.union:
+                out["inputs"] = "a tokenizer union merges full models, not adapters"
             problem = method.check_input_count(count)
             if problem:
                 out["inputs"] = problem
@@ -194,6 +197,8 @@ class Draft:
             doc["parameters"] = params
         if self.dtype:
             doc["dtype"] = self.dtype
+        if self.union:
+            doc["tokenizer_source"] = "union"
         return doc
 
     def yaml(self) -> str:

@@ -157,6 +157,9 @@ class MergeBuilder(ModalScreen[str | None]):
                 with Horizontal(classes="row"):
                     yield Label("Folder", classes="field")
                     yield Input(placeholder="./NAME", id="out-dir", name="folder", compact=True)
+                union = Checkbox("union of the inputs' tokenizers", id="union", compact=True)
+                union.tooltip = "tokenizer_source: union, for inputs whose vocabularies differ"
+                yield union
             with Vertical(id="side"):
                 with VerticalScroll(id="yaml-scroll"):
                     yield Static(id="yaml")
@@ -205,6 +208,7 @@ class MergeBuilder(ModalScreen[str | None]):
             name=self.query_one("#name", Input).value,
             out_dir=self.query_one("#out-dir", Input).value,
             dtype=dtype if isinstance(dtype, str) else None,
+            union=self.query_one("#union", Checkbox).value,
             kinds=self._kinds,
         )
 
@@ -218,7 +222,7 @@ class MergeBuilder(ModalScreen[str | None]):
         self.query_one("#base", Select).disabled = not fields.uses_base
         self.query_one("#rank", Input).placeholder = _rank_hint(self.method)
         extracts = self.method == EXTRACT
-        for unused in ("#seed", "#dtype"):  # extraction writes fp32 factors, draws nothing
+        for unused in ("#seed", "#dtype", "#union"):  # extraction: fp32 factors, no draws
             self.query_one(unused).disabled = extracts
         self.query_one("#run", Button).label = "Run extract" if extracts else "Run merge"
         await self._show_global_params()
