@@ -79,6 +79,13 @@ async def _type(pilot: Any, field: Input, text: str) -> None:
     await pilot.pause()
 
 
+async def _pick_method(screen: MergeBuilder, pilot: Any, method: str) -> None:
+    """Choose `method` (or extract) and wait until the form has rebuilt its fields."""
+    screen.query_one("#method", Select).value = method
+    await pilot.pause()
+    await pilot.pause()
+
+
 def _field(screen: MergeBuilder, key: str) -> Input:
     return next(f for f in screen.query(Input) if f.name == key)
 
@@ -207,9 +214,7 @@ async def test_the_form_follows_the_method_declaration(store_path: Path) -> None
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
-        screen.query_one("#method", Select).value = "slerp"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "slerp")
         # slerp: no per-input fields, a required global t, at most one input besides the base.
         assert not [f for f in screen.query(Input) if (f.name or "").startswith("tiny-llama-sft")]
         t = _field(screen, "parameters.t")
@@ -222,9 +227,7 @@ async def test_the_form_follows_the_method_declaration(store_path: Path) -> None
         await pilot.pause()
         assert "slerp takes exactly 1 input(s), got 2" in screen.draft().problems()["inputs"]
         # linear takes no base: the base list is off and the base is offered as an input.
-        screen.query_one("#method", Select).value = "linear"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "linear")
         assert screen.query_one("#base", Select).disabled
         assert "base_model" not in screen.draft().document()
         offered = [o.value for o in screen.query_one("#inputs", SelectionList)._options]
@@ -232,9 +235,7 @@ async def test_the_form_follows_the_method_declaration(store_path: Path) -> None
         # what an empty Rank means depends on the method: exact only where it is
         rank = screen.query_one("#rank", Input)
         assert rank.placeholder == "adapters; empty: exact (rank sum)"
-        screen.query_one("#method", Select).value = "ties"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "ties")
         assert rank.placeholder == "adapters; empty: rank sum, by SVD"
 
 
@@ -399,9 +400,7 @@ async def test_switches_left_alone_keep_each_method_default(store_path: Path) ->
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="lora-copy@1")
         for method in ("task_arithmetic", "dare_ties", "ties"):
-            screen.query_one("#method", Select).value = method
-            await pilot.pause()
-            await pilot.pause()
+            await _pick_method(screen, pilot, method)
             assert "parameters" not in screen.draft().document(), method
         normalize = next(c for c in screen.query(Checkbox) if c.name == "parameters.normalize")
         assert normalize.value  # ties normalizes by default
@@ -586,23 +585,17 @@ async def test_every_method_of_the_registry_has_a_form(store_path: Path) -> None
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
         for method in METHODS:
-            screen.query_one("#method", Select).value = method
-            await pilot.pause()
-            await pilot.pause()
+            await _pick_method(screen, pilot, method)
             names = {f.name for f in screen.query(Input)} | {c.name for c in screen.query(Checkbox)}
             for param in METHODS[method].global_params:
                 assert f"parameters.{param.name}" in names, (method, param.name)
             assert screen.draft().document()["merge_method"] == method
-        screen.query_one("#method", Select).value = "nearswap"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "nearswap")
         assert "parameters.t" in screen.draft().problems()
         await _type(pilot, _field(screen, "parameters.t"), "0.01")
         assert "parameters.t" not in screen.draft().problems()
         assert screen.draft().document()["parameters"] == {"t": 0.01}
-        screen.query_one("#method", Select).value = "karcher"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "karcher")
         await _type(pilot, _field(screen, "parameters.max_iter"), "2.5")
         assert screen.draft().problems()["parameters.max_iter"].startswith("must be a whole")
 
@@ -614,9 +607,7 @@ async def test_extract_is_a_target_that_registers_a_lora_of_the_base(store_path:
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
-        screen.query_one("#method", Select).value = "extract"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "extract")
         assert screen.draft().problems() == {
             "rank": "the adapter's rank is needed",
             "name": "name the new artifact (no @ or /)",
@@ -651,9 +642,7 @@ async def test_extract_refuses_an_adapter_or_two_inputs_before_running(store_pat
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="lora-copy@1")
-        screen.query_one("#method", Select).value = "extract"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "extract")
         await _type(pilot, _field(screen, "rank"), "4")
         await _type(pilot, _field(screen, "name"), "x")
         assert screen.draft().problems() == {"inputs": "pick the one fine-tuned model to extract"}
@@ -687,9 +676,7 @@ async def test_the_union_switch_writes_tokenizer_source_and_the_merge_runs(
     app = GraftApp(store_path, poll=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_builder(app, pilot, on="tiny-llama-sft@1")
-        screen.query_one("#method", Select).value = "task_arithmetic"
-        await pilot.pause()
-        await pilot.pause()
+        await _pick_method(screen, pilot, "task_arithmetic")
         screen.query_one("#union", Checkbox).value = True
         await _type(pilot, _field(screen, "name"), "widened")
         assert screen.draft().problems() == {}

@@ -557,6 +557,7 @@ def _summary(outcome: MergeOutcome | ExtractOutcome, name: str) -> str:
     """What the new artifact is, for the notification after a merge or extraction."""
     m = outcome.manifest
     assert m is not None
+    details = ""
     if isinstance(outcome, ExtractOutcome):
         e = outcome.extracted
         text = (
@@ -564,19 +565,16 @@ def _summary(outcome: MergeOutcome | ExtractOutcome, name: str) -> str:
             f"error {max(e.errors.values()):.3g}, in {e.out_dir}"
         )
     else:
-        text = f"{m.ref}: {outcome.result.tensors} tensors in {outcome.result.seconds:.1f} s, "
-        text += f"in {outcome.result.out_dir}"
+        r = outcome.result
+        text = f"{m.ref}: {r.tensors} tensors in {r.seconds:.1f} s, in {r.out_dir}"
+        if r.rank is not None:
+            details += f"; an adapter of rank {r.rank}"
+        if r.truncation_error is not None:
+            details += f" (largest relative SVD error {r.truncation_error:.2g})"
     if outcome.existed:  # the registry keeps the first name of identical content
         text += f"; identical to {m.ref}, already registered"
         text += "" if m.name == name else f", so not named {name}"
-    if isinstance(outcome, ExtractOutcome):
-        return text
-    r = outcome.result
-    if r.rank is not None:
-        text += f"; an adapter of rank {r.rank}"
-    if r.truncation_error is not None:
-        text += f" (largest relative SVD error {r.truncation_error:.2g})"
-    return text
+    return text + details
 
 
 def _rank_hint(method: str) -> str:
