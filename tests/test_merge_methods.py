@@ -690,6 +690,37 @@ def test_radix_selection_equals_kthvalue(kind: str) -> None:
         assert rank.equal == int((values == expected).sum())
 
 
+@pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties", "finetune"])
+def test_sampled_selection_equals_a_sort(kind: str) -> None:
+    from graft.merge.selection import kth_smallest
+
+    n = 300_007
+    if kind == "finetune":  # |δ| of a bf16 fine-tune: a handful of distinct values
+        g = torch.Generator().manual_seed(5)
+        base = (torch.randn(n, generator=g) * 0.02).bfloat16()
+        tuned = (base.float() + torch.randn(n, generator=g) * 4e-4).bfloat16()
+        values = (tuned.float() - base.float()).abs()
+    else:
+        values = _magnitudes(kind, n)
+    bits = values.view(torch.int32).numpy()
+    ordered = np.sort(bits)
+    for at in (0, 1, 17, n // 10, n // 3, n // 2, n - 100, n - 1):
+        assert kth_smallest(bits, at) == ordered[at], at
+
+
+def test_sampled_selection_survives_a_sample_unlike_the_whole() -> None:
+    """Every sampled value is 0, the rest are not: the bracket misses, and the
+    fallback still selects exactly."""
+    from graft.merge.selection import SAMPLE, kth_smallest
+
+    n = SAMPLE * 4
+    values = np.random.default_rng(1).integers(1, 1 << 30, n, dtype=np.int32)
+    values[::4] = 0
+    ordered = np.sort(values)
+    for at in (0, n // 8, n // 2, n - 1):
+        assert kth_smallest(values, at) == ordered[at], at
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("kind", ["normal", "few values", "zeros and ties"])
 def test_rank_masks_keep_the_k_extreme_values_lowest_index_first(
