@@ -335,28 +335,26 @@ def _rank_mask(
     """A mask keeping the k largest (smallest) |δ|; None when it keeps everything."""
     if k >= n:
         return None
-
-    def magnitudes() -> Iterator[torch.Tensor]:
-        return (d.abs() for d in deltas())
-
     if n < _IN_MEMORY_BELOW:
-        return _WholeMask(_whole_rank_mask(magnitudes, n, k, largest=largest))
+        return _WholeMask(_whole_rank_mask(deltas, n, k, largest=largest))
     if k <= 0:  # compares with the int32 bit patterns keep nothing
         return RankMask(Rank(2**31 - 1 if largest else 0, 0, 0), 0, n, largest=largest)
+    magnitudes = lambda: (d.abs() for d in deltas())  # noqa: E731
     rank = kth_largest(magnitudes, k if largest else n - k + 1, n)  # k-th smallest
     return RankMask(rank, k, n, largest=largest)
 
 
 def _whole_rank_mask(
-    magnitudes: Callable[[], Iterator[torch.Tensor]], n: int, k: int, *, largest: bool
+    deltas: Callable[[], Iterator[torch.Tensor]], n: int, k: int, *, largest: bool
 ) -> torch.Tensor:
-    """The k largest (smallest) of all n values, selected among their bit patterns
+    """The k largest (smallest) of all n |δ|, selected among their bit patterns
     in memory. In numpy: its compares and nonzero are 2-4× faster than torch's."""
-    bits = np.empty(n, np.int32)
+    magnitudes = torch.empty(n)
     start = 0
-    for values in magnitudes():
-        bits[start : start + values.numel()] = bits_of(values.cpu()).numpy()
-        start += values.numel()
+    for delta in deltas():
+        torch.abs(delta.cpu().reshape(-1), out=magnitudes[start : start + delta.numel()])
+        start += delta.numel()
+    bits = bits_of(magnitudes).numpy()
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool)
     at = n - k if largest else k - 1  # the threshold's place in ascending order
@@ -364,8 +362,25 @@ def _whole_rank_mask(
     mask = bits > kth if largest else bits < kth
     ties = k - np.count_nonzero(mask)
     if ties > 0:
-        mask[np.flatnonzero(bits == kth)[:ties]] = True
+        _keep_first(mask, bits == kth, ties)
     return torch.from_numpy(mask)
+
+
+_BLOCK = 1 << 16
+
+
+def _keep_first(mask: np.ndarray, tied: np.ndarray, count: int) -> None:
+    """Set `mask` where `tied` is, at the first `count` such places: whole blocks
+    up to the one where the count is reached, then within it (a fine-tune's |δ|
+    ties by the million, too many to list every place)."""
+    starts = np.arange(0, len(tied), _BLOCK)
+    reached = np.cumsum(np.add.reduceat(tied.view(np.uint8), starts, dtype=np.int64))
+    block = int(np.searchsorted(reached, count))  # the first block where it is reached
+    cut = int(starts[block])
+    mask[:cut] |= tied[:cut]
+    before = int(reached[block - 1]) if block else 0
+    places = np.flatnonzero(tied[cut : cut + _BLOCK])[: count - before]
+    mask[cut + places] = True
 
 
 # ---------------------------------------------------------------- sparsifiers

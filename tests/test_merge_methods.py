@@ -721,6 +721,24 @@ def test_sampled_selection_survives_a_sample_unlike_the_whole() -> None:
         assert kth_smallest(values, at) == ordered[at], at
 
 
+@pytest.mark.parametrize("share", [0.001, 0.3, 1.0])
+def test_keep_first_sets_the_first_tied_places_across_blocks(share: float) -> None:
+    from graft.merge.methods import _BLOCK, _keep_first
+
+    rng = np.random.default_rng(7)
+    n = 5 * _BLOCK + 123
+    tied = rng.random(n) < share
+    places = np.flatnonzero(tied)
+    for count in (1, _BLOCK // 2, len(places) // 2, len(places) - 1, len(places)):
+        if not 1 <= count <= len(places):  # (the caller asks for at most all the ties)
+            continue
+        mask = rng.random(n) < 0.1
+        want = mask.copy()
+        want[places[:count]] = True
+        _keep_first(mask, tied, count)
+        assert np.array_equal(mask, want), count
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("kind", ["normal", "few values", "zeros and ties"])
 def test_rank_masks_keep_the_k_extreme_values_lowest_index_first(
