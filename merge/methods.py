@@ -360,7 +360,7 @@ def _whole_rank_mask(
     at = n - k if largest else k - 1  # the threshold's place in ascending order
     kth = kth_smallest(bits, at)
     mask = bits > kth if largest else bits < kth
-    ties = k - np.count_nonzero(mask)
+    ties = k - int(np.count_nonzero(mask))
     if ties > 0:
         _keep_first(mask, bits == kth, ties)
     return torch.from_numpy(mask)
