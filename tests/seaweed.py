@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,13 +26,14 @@ SECRET_KEY = "graft-test-secret-4f1d9c"  # the tests check it leaks nowhere
 
 
 def _free_ports(n: int) -> list[int]:
-    """Ports free now whose +10000 (where weed puts gRPC by default) are free too."""
+    """Ports free now whose +10000 (where weed puts gRPC by default) are free too,
+    all below the kernel's ephemeral range: weed's own outgoing connections take
+    ephemeral ports, and one of them once took a port picked for a listener."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports: list[int] = []
     while len(ports) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 55000 and port not in ports and _free(port + 10000):
+        port = random.randrange(10000, low - 10000)
+        if port not in ports and _free(port) and _free(port + 10000):
             ports.append(port)
     return ports
 
