@@ -230,8 +230,10 @@ class BlobStore:
         boundaries, as most tensors are one or two chunks: every core stays busy."""
         ahead: deque[tuple[BlobReader, Future[bytes] | None]] = deque()  # None: its end
         hashes: dict[BlobReader, xxhash.xxh3_128] = {}  # of the open readers
+        unsynced = 0
 
         def write_ahead(keep: int) -> None:
+            nonlocal unsynced
             while len(ahead) > keep:
                 reader, future = ahead.popleft()
                 if future is None:
@@ -243,6 +245,11 @@ class BlobStore:
                 hashes[reader].update(piece)
                 out.write(piece)
                 on_bytes(len(piece))
+                unsynced += len(piece)
+                if unsynced >= PUBLISH_BYTES:
+                    out.flush()
+                    _start_writeback(out.fileno())
+                    unsynced = 0
 
         try:
             for key in keys:
