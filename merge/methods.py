@@ -248,25 +248,42 @@ class Method:
 
 
 class _KeyedStream:
-    """Uniform [0, 1) fp32 draws for input `index` of tensor `name` under `seed`,
-    drawn on the CPU in order, span after span: the same numbers as one draw of
-    the whole tensor, whatever the spans, threads or device."""
+    """Random 32-bit words for input `index` of tensor `name` under `seed`, drawn
+    on the CPU in order, span after span: the same words as one draw of the
+    whole tensor, whatever the spans, threads or device. They come from numpy's
+    PCG64, whose streams numpy keeps stable across versions; its raw output is
+    2.6× faster than torch's uniform_."""
 
     def __init__(self, seed: int, name: str, index: int) -> None:
         self.key = xxhash.xxh3_64_intdigest(f"{seed}\x00{name}\x00{index}".encode())
-        self.buffer = torch.empty(0)
         self.reset()
 
     def reset(self) -> None:
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(self.key)
+        self.bits = np.random.PCG64(self.key)
+        self.spare = np.empty(0, np.uint32)  # the unused half of the last 64-bit draw
 
-    def next(self, count: int) -> torch.Tensor:
-        """The next `count` draws, in a buffer the following call overwrites
-        (reusing it spares a fresh buffer's page faults: 30% of the draw time)."""
-        if self.buffer.numel() < count:
-            self.buffer = torch.empty(count)
-        return self.buffer[:count].uniform_(generator=self.generator)
+    def words(self, count: int) -> np.ndarray:
+        fresh = self.bits.random_raw((count - self.spare.size + 1) // 2).view(np.uint32)
+        words = np.concatenate((self.spare, fresh)) if self.spare.size else fresh
+        self.spare = words[count:].copy()
+        return words[:count]
+
+    def uniform(self, count: int) -> torch.Tensor:
+        """`count` fp32 draws in [0, 1): a word's top 24 bits over 2²⁴, the
+        finest grid fp32 holds exactly over the whole interval."""
+        return torch.from_numpy(
+            np.multiply(self.words(count) >> 8, _WORD_TO_UNIT, dtype=np.float32)
+        )
+
+
+_WORD_TO_UNIT = np.float32(2.0**-24)
+
+
+def words_below(density: float) -> int:
+    """The words kept with probability `density`: those below the returned bound.
+    A draw u = (w >> 8) / 2²⁴ is below ρ (in fp32, as keep_mask compares) exactly
+    when w < ⌈ρ·2²⁴⌉·2⁸, so one integer comparison per entry replaces the draw."""
+    return math.ceil(float(np.float32(density)) * 2**24) << 8
 
 
 def keyed_uniform(seed: int, name: str, index: int, shape: Sequence[int]) -> torch.Tensor:
@@ -275,7 +292,7 @@ def keyed_uniform(seed: int, name: str, index: int, shape: Sequence[int]) -> tor
     The generator is seeded from a hash of the three, so the draws never depend on what else
     is merged, in which order, on how many threads or on which device.
     """
-    return _KeyedStream(seed, name, index).next(math.prod(shape)).reshape(tuple(shape))  # owns it
+    return _KeyedStream(seed, name, index).uniform(math.prod(shape)).reshape(tuple(shape))
 
 
 def keep_mask(
@@ -439,7 +456,7 @@ class _Random:
     entry) instead of drawing them again."""
 
     def __init__(self, job: TensorJob, index: int, density: float, *, remember: bool) -> None:
-        self.stream, self.density = _KeyedStream(job.seed, job.name, index), density
+        self.stream, self.below = _KeyedStream(job.seed, job.name, index), words_below(density)
         self.masks: list[torch.Tensor] | None = [] if remember else None
         self.reset()
 
@@ -452,7 +469,9 @@ class _Random:
         if self.masks is not None and self.at < len(self.masks):
             mask = self.masks[self.at]
         else:
-            mask = (self.stream.next(delta.numel()) < self.density).to(delta.device)
+            words = self.stream.words(delta.numel())
+            kept = words < self.below if self.below < 2**32 else np.ones(words.size, bool)
+            mask = torch.from_numpy(kept).to(delta.device)
             if self.masks is not None:
                 self.masks.append(mask)
         self.at += 1
@@ -533,7 +552,7 @@ class _Magprune:
         order = torch.argsort(rows, dim=1, stable=True)
         by_rank = self.by_rank.to(delta.device).expand_as(rows)
         prob = torch.empty_like(rows).scatter_(1, order, by_rank).reshape(-1)
-        return self.stream.next(delta.numel()).to(delta.device) < prob
+        return self.stream.uniform(delta.numel()).to(delta.device) < prob
 
 
 def _magprune(
@@ -595,7 +614,7 @@ def _task_vectors(sparsify: Sparsifier | None, *, consensus: bool) -> Formula:
             for i, values in enumerate(job.input_params)
         ]
         factors = [
-            _rescale_factor(masker, deltas_of(i), spans)
+            _rescale_factor(masker, deltas_of(i), spans, base.device)
             if masker is not None and job.params.get("rescale")
             else 1.0
             for i, masker in enumerate(maskers)
@@ -650,14 +669,17 @@ def _task_vector_spans(job: TensorJob, spans: list[slice]) -> list[list[torch.Te
     return kept
 
 
-def _rescale_factor(masker: _Masker, deltas: Deltas, spans: list[slice]) -> float:
+def _rescale_factor(
+    masker: _Masker, deltas: Deltas, spans: list[slice], device: torch.device
+) -> float:
     """‖δ‖₁ / ‖mask⊙δ‖₁ over the whole tensor; 1 when either is below 1e-7."""
     before = after = 0.0
     masker.reset()
+    scratch = scratch_for(spans, device)
     for delta, span in zip(deltas(), spans, strict=True):
-        magnitude = delta.abs().double()  # 3× faster than sum(dtype=torch.float64)
-        before += float(magnitude.sum())
-        after += float(magnitude.mul_(masker(delta, span)).sum())
+        magnitude = torch.abs(delta, out=scratch[: delta.numel()])
+        before += float(magnitude.sum(dtype=torch.float64))
+        after += float(magnitude.mul_(masker(delta, span)).sum(dtype=torch.float64))
     masker.reset()
     if before < _RESCALE_EPS or after < _RESCALE_EPS:
         return 1.0

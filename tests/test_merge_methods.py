@@ -348,6 +348,36 @@ def test_dare_keep_rate_is_the_density():
     assert abs(rate - 0.3) < 0.003
 
 
+def test_keyed_words_do_not_depend_on_the_spans():
+    whole = methods._KeyedStream(7, "t", 2).words(2_000_003)
+    stream = methods._KeyedStream(7, "t", 2)
+    parts = [stream.words(count) for count in (3, 1_000_000, 1, 999_999)]
+    assert np.array_equal(np.concatenate(parts), whole)
+    stream.reset()
+    assert np.array_equal(stream.words(10), whole[:10])
+    uniform = methods._KeyedStream(7, "t", 2).uniform(2_000_003).numpy()
+    assert uniform.dtype == np.float32 and uniform.min() >= 0 and uniform.max() < 1
+    np.testing.assert_array_equal(uniform, (whole >> 8).astype(np.float64) / 2**24)
+
+
+@pytest.mark.parametrize("density", [0.3, 0.1, 0.5, 0.9, 1 / 3, 1 - 2**-26, 2**-30, 1e-9])
+def test_the_word_bound_splits_draws_as_the_fp32_comparison_does(density):
+    below = methods.words_below(density)
+    for word in (below - 1, below, below - 256, below + 255):
+        if 0 <= word < 2**32:
+            draw = np.float32((word >> 8) * 2.0**-24)
+            assert bool(draw < np.float32(density)) == (word < below), word
+
+
+@pytest.mark.parametrize("density", [0.3, 0.1, 0.5, 1 - 2**-26, 2**-30])
+def test_dare_word_threshold_keeps_what_the_fp32_draw_keeps(density):
+    shape = (1001, 1049)  # two spans, the second of odd length
+    base, (x,) = tensors(shape, 1)
+    got = run("dare_linear", base, [x], [{"weight": 1.0, "density": density}], {"rescale": False})
+    drawn = keyed_uniform(0, "model.w", 0, shape) < np.float32(density)
+    assert np.array_equal(got != base, drawn.numpy())
+
+
 def test_della_keeps_larger_magnitudes_more_often():
     rows, n_row = 40000, 5
     rng = np.random.default_rng(2)
