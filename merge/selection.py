@@ -62,22 +62,23 @@ def kth_smallest(values: np.ndarray, at: int) -> int:
     else it is selected among the values strictly inside. A bracket that misses
     (a sample unlike the whole) falls back to the full partition."""
     n = len(values)
-    sample = np.sort(values[:: max(1, n // SAMPLE)])
+    sample = values[:: max(1, n // SAMPLE)]
     place = at * len(sample) // n
     slack = 4 * math.isqrt(len(sample)) + 8  # ~8 standard deviations of the sample's rank
-    lo = sample[max(0, place - slack)]
-    hi = sample[min(len(sample) - 1, place + slack)]
+    ends = [max(0, place - slack), min(len(sample) - 1, place + slack)]
+    lo, hi = np.partition(sample, ends)[ends]
     below_lo = np.count_nonzero(values < lo)
     through_lo = np.count_nonzero(values <= lo)
     if below_lo <= at < through_lo:
         return int(lo)
-    below_hi = np.count_nonzero(values < hi)
-    through_hi = np.count_nonzero(values <= hi)
-    if below_hi <= at < through_hi:
-        return int(hi)
-    if through_lo <= at < below_hi:
-        inside = values[(values > lo) & (values < hi)]
-        return int(np.partition(inside, at - through_lo)[at - through_lo])
+    if lo != hi:  # else the bracket is that one value, and missed
+        below_hi = np.count_nonzero(values < hi)
+        through_hi = np.count_nonzero(values <= hi)
+        if below_hi <= at < through_hi:
+            return int(hi)
+        if through_lo <= at < below_hi:
+            inside = values[(values > lo) & (values < hi)]
+            return int(np.partition(inside, at - through_lo)[at - through_lo])
     return int(np.partition(values, at)[at])
 
 
