@@ -321,12 +321,12 @@ _IN_MEMORY_BELOW = 1 << 23
 
 
 class _MagnitudeMask(Protocol):
-    """Keeps exactly the k largest (or smallest) of the |δ| it is shown, span by
-    span in order; entries equal to the threshold go lowest index first."""
+    """Keeps exactly the k largest (or smallest) |δ| of the δ it is shown, span
+    by span in order; entries equal to the threshold go lowest index first."""
 
     def reset(self) -> None: ...
 
-    def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, deltas: torch.Tensor) -> torch.Tensor: ...
 
 
 class _WholeMask:
@@ -340,10 +340,23 @@ class _WholeMask:
     def reset(self) -> None:
         self.start = 0
 
-    def __call__(self, magnitudes: torch.Tensor) -> torch.Tensor:
-        part = self.mask[self.start : self.start + magnitudes.numel()]
-        self.start += magnitudes.numel()
-        return part.to(magnitudes.device)
+    def __call__(self, deltas: torch.Tensor) -> torch.Tensor:
+        part = self.mask[self.start : self.start + deltas.numel()]
+        self.start += deltas.numel()
+        return part.to(deltas.device)
+
+
+@dataclass
+class _StreamedMask:
+    """A _MagnitudeMask from the k-th's rank, applied to each span's |δ|."""
+
+    inner: RankMask
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __call__(self, deltas: torch.Tensor) -> torch.Tensor:
+        return self.inner(deltas.abs())
 
 
 def _rank_mask(
@@ -355,10 +368,11 @@ def _rank_mask(
     if n < _IN_MEMORY_BELOW:
         return _WholeMask(_whole_rank_mask(deltas, n, k, largest=largest))
     if k <= 0:  # compares with the int32 bit patterns keep nothing
-        return RankMask(Rank(2**31 - 1 if largest else 0, 0, 0), 0, n, largest=largest)
+        rank = Rank(2**31 - 1 if largest else 0, 0, 0)
+        return _StreamedMask(RankMask(rank, 0, n, largest=largest))
     magnitudes = lambda: (d.abs() for d in deltas())  # noqa: E731
     rank = kth_largest(magnitudes, k if largest else n - k + 1, n)  # k-th smallest
-    return RankMask(rank, k, n, largest=largest)
+    return _StreamedMask(RankMask(rank, k, n, largest=largest))
 
 
 def _whole_rank_mask(
@@ -438,7 +452,7 @@ class _Ranked:
         self.inner.reset()
 
     def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
-        return self.inner(delta.abs())
+        return self.inner(delta)
 
 
 def _magnitude(
@@ -502,10 +516,9 @@ class _Between:
                 part.reset()
 
     def __call__(self, delta: torch.Tensor, span: slice) -> torch.Tensor:
-        magnitude = delta.abs()
-        mask = self.upto(magnitude) if self.upto else torch.ones_like(delta, dtype=torch.bool)
+        mask = self.upto(delta) if self.upto else torch.ones_like(delta, dtype=torch.bool)
         if self.dropped:
-            mask = mask & ~self.dropped(magnitude)  # not in place: masks may be views
+            mask = mask & ~self.dropped(delta)  # not in place: masks may be views
         return mask
 
 
