@@ -406,15 +406,17 @@ def _keep_first(mask: np.ndarray, tied: np.ndarray, count: int) -> None:
     (count_nonzero is the fastest pass numpy has), then within that block (a
     fine-tune's |δ| ties by the million, too many to list every place)."""
     lo, hi = 0, -(-len(tied) // _BLOCK)  # in blocks: fewer than `count` before lo, enough before hi
+    before = 0  # tied places before block lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if np.count_nonzero(tied[: mid * _BLOCK]) < count:
-            lo = mid
+        upto = int(np.count_nonzero(tied[: mid * _BLOCK]))
+        if upto < count:
+            lo, before = mid, upto
         else:
             hi = mid
     cut = lo * _BLOCK
     mask[:cut] |= tied[:cut]
-    places = np.flatnonzero(tied[cut : cut + _BLOCK])[: count - np.count_nonzero(tied[:cut])]
+    places = np.flatnonzero(tied[cut : cut + _BLOCK])[: count - before]
     mask[cut + places] = True
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 CHUNK = 8 * 1024 * 1024
 SMALL_BLOB = 32 * 1024 * 1024  # a range up to this size is read once into memory
 PUBLISH_BYTES = 64 * 1024 * 1024  # pending blobs are published in batches of this size
+WRITEBACK_BYTES = 64 * 1024 * 1024  # an export starts writing to disk every this many bytes
 MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
 VERIFY_HINT = "run `graft verify` for details"
 DECODED_BYTES = 48 * 1024 * 1024  # decoded chunks kept for other readers (12 of 4 MB)
@@ -246,7 +247,7 @@ class BlobStore:
                 out.write(piece)
                 on_bytes(len(piece))
                 unsynced += len(piece)
-                if unsynced >= PUBLISH_BYTES:
+                if unsynced >= WRITEBACK_BYTES:
                     out.flush()
                     _start_writeback(out.fileno())
                     unsynced = 0
