@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import xxhash
 
 from graft.registry.codecs import ITEM_SIZES, BadEncoding, Footer, read_footer
-from graft.registry.decoded import DecodedChunks
+from graft.registry.decoded import DecodedChunks, Raw
 from graft.registry.errors import CorruptBlob
 from graft.registry.fsutil import fsync_dir
 from graft.registry.workdirs import WorkDirs
@@ -229,7 +229,7 @@ class BlobStore:
         """Stream the blobs' raw bytes into `out`, one after another, failing at the
         end of any that does not hash to its key. Decoding runs ahead across blob
         boundaries, as most tensors are one or two chunks: every core stays busy."""
-        ahead: deque[tuple[BlobReader, Future[bytes] | None]] = deque()  # None: its end
+        ahead: deque[tuple[BlobReader, Future[Raw] | None]] = deque()  # None: its end
         hashes: dict[BlobReader, xxhash.xxh3_128] = {}  # of the open readers
         unsynced = 0
 
@@ -365,7 +365,7 @@ class BlobReader:
         if cache is None:
             cache = blobs.decoded if path is None else DecodedChunks(2 * CHUNK)
         self._decoded = cache
-        self._in_flight: set[Future[bytes]] = set()
+        self._in_flight: set[Future[Raw]] = set()
 
     def _footer(self) -> Footer | None:
         try:
@@ -410,18 +410,19 @@ class BlobReader:
             data += more
         return data
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> Raw:
         """Raw bytes [offset, offset + length) of the blob."""
         self._check_range(offset, length)
         if not self.footer or not length:
             return self._pread(offset, length)
-        return b"".join(self._decoded_parts(offset, length))
+        parts = list(self._decoded_parts(offset, length))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _decoded_parts(self, offset: int, length: int) -> Iterator[memoryview]:
         """The decoded bytes of [offset, offset + length), chunk by chunk, without
         copies; the chunks after the first decode on the pool's threads meanwhile."""
         indices = self._chunks_of(offset, length)
-        ahead: deque[Future[bytes]] = deque()
+        ahead: deque[Future[Raw]] = deque()
         on_pool = _on_decoder_thread()  # (waiting for the pool from inside it could starve it)
         try:
             for n, index in enumerate(indices):
@@ -450,7 +451,7 @@ class BlobReader:
         last = bisect.bisect_left(self._raw_starts, offset + length) - 1
         return list(range(first, max(first, last) + 1))
 
-    def _submit(self, task: Callable[..., bytes], *args: int) -> Future[bytes]:
+    def _submit(self, task: Callable[..., Raw], *args: int) -> Future[Raw]:
         future = _decoders().submit(task, *args)
         self._in_flight.add(future)  # so that `close` waits for it
         future.add_done_callback(self._in_flight.discard)
@@ -477,7 +478,7 @@ class BlobReader:
                 VERIFY_HINT,
             )
 
-    def stream(self, span: int | None = None) -> Iterator[bytes]:
+    def stream(self, span: int | None = None) -> Iterator[Raw]:
         """The whole blob in order, failing at the end if it does not hash to its key:
         pieces of `span` bytes (the last may be shorter), or of whatever size
         comes cheapest (decoded chunks; 8 MB reads of a raw blob)."""
@@ -493,7 +494,7 @@ class BlobReader:
         if h.hexdigest() != self.key:
             raise CorruptBlob(f"{self.what} is corrupt", VERIFY_HINT)
 
-    def _spans(self, span: int) -> Iterator[bytes]:
+    def _spans(self, span: int) -> Iterator[Raw]:
         if not self.footer:
             yield from (self._pread(o, min(span, self.size - o)) for o in range(0, self.size, span))
             return
@@ -506,11 +507,11 @@ class BlobReader:
         if pending:
             yield pending
 
-    def _pieces(self) -> Iterator[bytes]:
+    def _pieces(self) -> Iterator[Raw]:
         if not self.footer:
             yield from self._spans(CHUNK)
             return
-        ahead: deque[Future[bytes]] = deque()
+        ahead: deque[Future[Raw]] = deque()
         try:
             for future in self.piece_futures():
                 ahead.append(future)
@@ -522,7 +523,7 @@ class BlobReader:
             for future in ahead:
                 future.cancel()
 
-    def piece_futures(self) -> Iterator[Future[bytes]]:
+    def piece_futures(self) -> Iterator[Future[Raw]]:
         """The blob's pieces in order (decoded chunks, or 8 MB reads of a raw blob),
         each handed to the decoding threads when the iterator reaches it."""
         if self.footer:
@@ -532,13 +533,13 @@ class BlobReader:
             for offset in range(0, self.size, CHUNK):
                 yield self._submit(self._pread, offset, min(CHUNK, self.size - offset))
 
-    def _decode(self, index: int) -> bytes:
+    def _decode(self, index: int) -> Raw:
         chunk, raw_start, _ = self._chunks[index]
         return self._decoded.get(
             (self.identity(), raw_start, chunk.raw_length), lambda: self._decode_chunk(index)
         )
 
-    def _decode_chunk(self, index: int) -> bytes:
+    def _decode_chunk(self, index: int) -> Raw:
         from graft.registry.transforms import decode_chunk  # numpy: only for encoded blobs
 
         footer = self.footer

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 ChunkId = tuple[tuple[object, ...], int, int]  # (where from, raw start, raw length)
+Raw = bytes | memoryview  # raw bytes read (decoded chunks are read-only views of arrays)
 
 
 class DecodedChunks:
@@ -27,16 +28,16 @@ class DecodedChunks:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._done: OrderedDict[ChunkId, bytes] = OrderedDict()
+        self._done: OrderedDict[ChunkId, Raw] = OrderedDict()
         self._bytes = 0
-        self._running: dict[ChunkId, tuple[Future[bytes], int]] = {}  # → (result, thread)
+        self._running: dict[ChunkId, tuple[Future[Raw], int]] = {}  # → (result, thread)
         self._waits_for: dict[int, int] = {}  # thread → the thread whose decode it awaits
 
-    def get(self, chunk: ChunkId, decode: Callable[[], bytes]) -> bytes:
+    def get(self, chunk: ChunkId, decode: Callable[[], Raw]) -> Raw:
         """The chunk's bytes: kept, being decoded by another thread, or `decode()`d here."""
         me = threading.get_ident()
-        mine: Future[bytes] | None = None
-        theirs: Future[bytes] | None = None
+        mine: Future[Raw] | None = None
+        theirs: Future[Raw] | None = None
         with self._lock:
             raw = self._done.get(chunk)
             if raw is not None:

@@ -6,16 +6,27 @@ artifacts never import numpy or zstandard.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import xxhash
 import zstandard
 
-from graft.registry.codecs import FLOATS, ITEM_SIZES, LEVEL, BadEncoding, Chunk, Codec, Footer
+from graft.registry.codecs import (
+    CHUNK_BYTES,
+    FLOATS,
+    ITEM_SIZES,
+    LEVEL,
+    BadEncoding,
+    Chunk,
+    Codec,
+    Footer,
+)
 
 UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-def _as_uint(data: bytes, item_size: int) -> np.ndarray:
+def _as_uint(data: bytes | memoryview, item_size: int) -> np.ndarray:
     return np.frombuffer(data, dtype=UINTS[item_size])
 
 
@@ -26,36 +37,38 @@ def _rotate_left(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rotate_right(a: np.ndarray) -> np.ndarray:
-    """The inverse of `_rotate_left`, in place (one temporary fewer: decoding's hot loop)."""
-    bottom = a << a.dtype.type(a.dtype.itemsize * 8 - 1)
+def _rotate_right(a: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """The inverse of `_rotate_left`, in place (`scratch`: work space as long as `a`)."""
+    np.left_shift(a, a.dtype.type(a.dtype.itemsize * 8 - 1), out=scratch)
     a >>= a.dtype.type(1)
-    a |= bottom
+    a |= scratch
     return a
 
 
-def _sign_fill(a: np.ndarray) -> np.ndarray:
+def _sign_fill(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """All ones where the top bit of `a` is set, else zeros (an arithmetic shift)."""
-    signed = a.view(a.dtype.str.replace("u", "i"))
-    return (signed >> (a.dtype.itemsize * 8 - 1)).view(a.dtype)
+    signed = a.dtype.str.replace("u", "i")
+    out = np.empty_like(a) if out is None else out
+    np.right_shift(a.view(signed), a.itemsize * 8 - 1, out=out.view(signed))
+    return out
 
 
 def _top_bit(a: np.ndarray) -> np.generic:
     return a.dtype.type(1) << a.dtype.type(a.dtype.itemsize * 8 - 1)
 
 
-def _ordered(a: np.ndarray) -> np.ndarray:
+def _ordered(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Float bit patterns as unsigned integers in the order of the float values:
     negative floats have every bit flipped, the others only their sign bit."""
-    mask = _sign_fill(a)
+    mask = _sign_fill(a, out)
     mask |= _top_bit(a)
     mask ^= a
     return mask
 
 
-def _unordered(a: np.ndarray) -> np.ndarray:
+def _unordered(a: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """The inverse of `_ordered`, in place."""
-    mask = _sign_fill(a)
+    mask = _sign_fill(a, scratch)
     np.invert(mask, out=mask)
     mask |= _top_bit(a)
     a ^= mask
@@ -71,15 +84,15 @@ def _zigzag(d: np.ndarray) -> np.ndarray:
     return d
 
 
-def _unzigzag(z: np.ndarray) -> np.ndarray:
-    low = z & z.dtype.type(1)
+def _unzigzag(z: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    low = np.bitwise_and(z, z.dtype.type(1), out=scratch)
     np.negative(low, out=low)  # 0 or all ones (unsigned wrap)
     z >>= z.dtype.type(1)
     z ^= low
     return z
 
 
-def convert_reference(data: bytes, src: str, dst: str) -> np.ndarray:
+def convert_reference(data: bytes | memoryview, src: str, dst: str) -> np.ndarray:
     """The reference's bit patterns in the child's dtype (see the module docstring)."""
     if src == dst:
         return _as_uint(data, ITEM_SIZES[dst])
@@ -112,12 +125,12 @@ def _join_planes(planes: list[bytes], item_size: int) -> np.ndarray:
     out = np.frombuffer(planes[-1], np.uint8).astype(uint)
     for plane in reversed(planes[:-1]):
         out <<= uint(8)
-        out |= np.frombuffer(plane, np.uint8)
+        np.bitwise_or(out, np.frombuffer(plane, np.uint8), out=out)
     return out
 
 
 def encode_chunk(
-    codec: Codec, dtype: str, raw: bytes, ref: np.ndarray | None
+    codec: Codec, dtype: str, raw: bytes | memoryview, ref: np.ndarray | None
 ) -> tuple[Chunk, list[bytes]]:
     """One chunk's compressed planes; `ref` is the reference span in `dtype` (delta)."""
     a = _as_uint(raw, ITEM_SIZES[dtype])
@@ -134,8 +147,8 @@ def encode_chunk(
     return chunk, frames
 
 
-def decode_chunk(footer: Footer, chunk: Chunk, stored: bytes, ref: np.ndarray | None) -> bytes:
-    """The raw bytes of one chunk, checked against its checksum."""
+def decode_chunk(footer: Footer, chunk: Chunk, stored: bytes, ref: np.ndarray | None) -> memoryview:
+    """The raw bytes of one chunk (read-only), checked against its checksum."""
     count = chunk.raw_length // footer.item_size
     decompressor = zstandard.ZstdDecompressor()
     planes, pos = [], 0
@@ -149,14 +162,35 @@ def decode_chunk(footer: Footer, chunk: Chunk, stored: bytes, ref: np.ndarray | 
         except zstandard.ZstdError as e:
             raise BadEncoding(f"a plane does not decompress ({e})") from e
     a = _join_planes(planes, footer.item_size)
+    scratch = _scratch(a.dtype, count)
     if footer.codec == "delta":
         assert ref is not None and len(ref) == count
-        a = _unzigzag(a)
-        a += _ordered(ref)
-        a = _unordered(a)
+        a = _unzigzag(a, scratch)
+        a += _ordered(ref, scratch)
+        a = _unordered(a, scratch)
     elif footer.dtype in FLOATS:
-        a = _rotate_right(a)
-    raw = a.tobytes()
+        a = _rotate_right(a, scratch)
+    a.flags.writeable = False  # shared by every reader of the chunk
+    raw = a.data.cast("B")
     if len(raw) != chunk.raw_length or xxhash.xxh3_64_hexdigest(raw) != chunk.checksum:
         raise BadEncoding("a chunk decodes to bytes that fail its checksum")
     return raw
+
+
+class _Scratch(threading.local):
+    arrays: dict[np.dtype, np.ndarray]
+
+    def __init__(self) -> None:
+        self.arrays = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(dtype: np.dtype, count: int) -> np.ndarray:
+    """This thread's work space for decoding, reused chunk after chunk: a fresh
+    array per step costs more in page faults than the arithmetic in it."""
+    a = _SCRATCH.arrays.get(dtype)
+    if a is None or len(a) < count:
+        a = _SCRATCH.arrays[dtype] = np.empty(max(count, CHUNK_BYTES // dtype.itemsize), dtype)
+    return a[:count]
