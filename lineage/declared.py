@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # Card tags that name the training method, most specific first; a few are
 # spelled differently from the method they record.
 METHOD_TAGS = (
@@ -128,18 +126,21 @@ def _front_matter(text: str) -> dict:
     if not text.startswith("---"):
         return {}
     end = text.find("\n---", 3)
-    try:
-        doc = yaml.safe_load(text[3:end]) if end > 0 else None
-    except yaml.YAMLError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    return _yaml_mapping(text[3:end]) if end > 0 else {}
 
 
 def _axolotl_config(card: str) -> dict:
     """The training config an Axolotl card quotes, or {}."""
     found = AXOLOTL_CONFIG.search(card)
+    return _yaml_mapping(found.group(1)) if found else {}
+
+
+def _yaml_mapping(text: str) -> dict:
+    """`text` parsed as a YAML mapping, else {} (yaml loads only for a card that has some)."""
+    import yaml
+
     try:
-        doc = yaml.safe_load(found.group(1)) if found else None
+        doc = yaml.safe_load(text)
     except yaml.YAMLError:
         return {}
     return doc if isinstance(doc, dict) else {}

@@ -8,10 +8,8 @@ from typing import Any
 
 from graft.lineage.declared import base_candidates, declared_lineage
 from graft.lineage.hub import is_hub_ref, resolve_hub
-from graft.lineage.infer import ParentGuesser
 from graft.lineage.record import ensure_deltas
 from graft.lineage.runs import checkpoint_name, checkpoints_in, has_weights, previous_checkpoint
-from graft.lineage.share import push
 from graft.registry import AddResult, ArtifactNotFound, GraftError, Manifest, Store, add, amend
 from graft.registry.repack import after_add, repack_mode
 
@@ -66,6 +64,8 @@ def register(
             if parent is None:  # linked to it when it is added (`link_declared_children`)
                 meta.setdefault(DECLARED_BASE, declared.base)
     if parent is None and infer_parent:
+        from graft.lineage.infer import ParentGuesser  # (a re-add starts faster without)
+
         options["choose_parent"] = ParentGuesser(store)
     result = add(store, path, parent=parent, method=method, meta=meta, name=name, **options)
     if not result.existed:
@@ -80,6 +80,8 @@ def register(
         detached="graft.lineage.background",
     )
     if push_to is not None:
+        from graft.lineage.share import push
+
         push(store, [result.manifest.id], push_to)
     return result
 

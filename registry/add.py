@@ -101,10 +101,8 @@ def add(
         files, bytes_new = _store_files(store, source, weights, on_progress)
         artifact_id = content_id(files)
         existing = _existing(store, artifact_id)
-        if existing:
-            for linked in ([parent_id] if parent_id else []) + [link.id for link in links]:
-                _refuse_cycle(store, existing, linked)
-        if existing and _indexed(store, artifact_id):  # the common re-add: no write lock
+        linked = ([parent_id] if parent_id else []) + [link.id for link in links]
+        if existing and _indexed(store, existing, linked):  # the common re-add: no write lock
             return AddResult(existing, bytes_new, True, source.skipped)
         if parent_id is None and not links and choose_parent:
             parent_id = choose_parent(files)
@@ -154,20 +152,25 @@ def _existing(store: Store, artifact_id: str) -> Manifest | None:
         return None  # damaged: write it anew
 
 
-def _refuse_cycle(store: Store, existing: Manifest, parent_id: str) -> None:
-    """Registered content offered with a parent that descends from it (or is it).
+def _indexed(store: Store, existing: Manifest, linked: list[str]) -> bool:
+    """Whether registered content offered again is in the catalog (its manifest
+    may have been written by an add killed before the catalog took it).
 
-    Edges only ever point from a new artifact to registered ones, so this and
-    `graft amend` are the ways a user can ask for a cycle; the store is left
-    as it was.
+    CycleRefused if one of the artifacts to link it to (`linked`) descends from
+    it or is it: edges only ever point from a new artifact to registered ones,
+    so this and `graft amend` are the ways a user can ask for a cycle; the
+    store is left as it was.
     """
     with store.catalog.reading() as con:
-        if descends_from(con, parent_id, existing.id):
-            raise CycleRefused(
-                f"{existing.ref} is already registered and is an ancestor of the parent given "
-                "(or the parent itself): linking them would make a cycle",
-                "check --parent",
-            )
+        for parent_id in linked:
+            if descends_from(con, parent_id, existing.id):
+                raise CycleRefused(
+                    f"{existing.ref} is already registered and is an ancestor of the parent "
+                    "given (or the parent itself): linking them would make a cycle",
+                    "check --parent",
+                )
+        row = con.execute("SELECT 1 FROM artifacts WHERE id = ?", [existing.id]).fetchone()
+        return row is not None
 
 
 def descends_from(con: Connection, artifact_id: str, ancestor_id: str) -> bool:
@@ -183,11 +186,6 @@ def descends_from(con: Connection, artifact_id: str, ancestor_id: str) -> bool:
         [artifact_id, ancestor_id],
     ).fetchone()
     return row is not None
-
-
-def _indexed(store: Store, artifact_id: str) -> bool:
-    with store.catalog.reading() as con:
-        return bool(con.execute("SELECT 1 FROM artifacts WHERE id = ?", [artifact_id]).fetchone())
 
 
 def next_version(con: Connection, name: str) -> int:

@@ -138,6 +138,37 @@ def test_reading_commands_load_no_heavy_module(tmp_path, args):
     assert done.stderr.strip().splitlines()[-1] == "[]"
 
 
+def test_an_unchanged_re_add_loads_only_what_it_needs(tmp_path):
+    """A training loop re-adds after every save: besides the heavy modules, an
+    unchanged re-add loads neither yaml (model cards), rich's tables (views),
+    nor the remote and parent-guessing code it does not run."""
+    from tests.conftest import make_model
+
+    env = {**os.environ, "GRAFT_STORE": str(tmp_path / "store"), "GRAFT_REPACK": "off"}
+    base, sft = make_model(tmp_path / "base"), make_model(tmp_path / "sft", seed=1)
+    graft = Path(sys.executable).parent / "graft"
+    subprocess.run([graft, "add", base, "--name", "base"], env=env, check=True)
+    subprocess.run([graft, "add", sft, "--parent", "base"], env=env, check=True)
+    unneeded = (
+        *HEAVY,
+        "yaml",
+        "rich.table",
+        "rich.tree",
+        "graft.lineage.share",
+        "graft.lineage.infer",
+    )
+    code = RUN_AND_LIST.format(heavy=unneeded)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "add", str(sft), "--parent", "base"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "already registered" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("package", ["graft.registry", "graft.lineage", "graft.merge"])
 def test_lazy_packages_type_check_what_they_export(package):
     """Each package's `if TYPE_CHECKING:` imports name exactly the lazily exported

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,9 +14,12 @@ import graft
 from graft import lineage, registry
 from graft.lineage.hub import is_hub_ref
 from graft.registry import ExitCode, GraftError, Manifest, Store
-from graft.tui import lineage_views, pictures, render
+from graft.tui import render
 from graft.tui.cli_options import json_option, plot_option, with_store
 from graft.tui.cli_remote import REMOTE_COMMANDS
+
+if TYPE_CHECKING:  # views and pictures load rich's tables: each command imports its own
+    from graft.tui import pictures
 
 
 class GraftGroup(click.Group):
@@ -295,13 +298,15 @@ def _key_value(text: str) -> tuple[str, str]:
 @with_store
 def ls(store: Store, name: str | None, kind: str | None, remote: str | None, as_json: bool) -> None:
     """List the artifacts in the store, and those fetched from remotes (WHERE)."""
+    from graft.tui import artifact_views
+
     if remote is not None:
         registry.get_remote(store, remote)  # an unknown one is an error, not an empty list
     rows = registry.list_artifacts(store, name=name, kind=kind, remote=remote)
     if as_json:
         render.print_json(rows)
     elif rows:
-        render.out.print(render.artifact_table(rows))
+        render.out.print(artifact_views.artifact_table(rows))
     elif remote is not None:
         render.err.print(f"nothing fetched from {remote}; run `graft fetch {remote}`")
     else:
@@ -315,6 +320,8 @@ def ls(store: Store, name: str | None, kind: str | None, remote: str | None, as_
 @with_store
 def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
     """Show one artifact (REF = NAME, NAME@N or an id prefix) with its lineage."""
+    from graft.tui import artifact_views
+
     detail = registry.show(store, ref)
     if as_json:
         doc = render.to_plain(detail.manifest)
@@ -328,7 +335,7 @@ def show(store: Store, ref: str, tensors: bool, as_json: bool) -> None:
         doc["amendments"] = render.to_plain(detail.amendments)
         render.print_json(doc)
         return
-    for part in render.detail_view(detail, tensors=tensors):
+    for part in artifact_views.detail_view(detail, tensors=tensors):
         render.out.print(part)
 
 
@@ -355,6 +362,8 @@ def touched(
     as_json: bool,
 ) -> None:
     """Which layers and modules REF changed against its parent(s), and by how much."""
+    from graft.tui import lineage_views, pictures
+
     if sum(x is not None for x in (ref, method, run)) != 1:
         raise click.UsageError("give one of REF, --method M or --series RUN")
     if run:
@@ -422,6 +431,8 @@ def lineage_recompute(store: Store, ref: str | None) -> None:
 @with_store
 def diff(store: Store, a: str, b: str, show_all: bool, plot: Path | None, as_json: bool) -> None:
     """Per layer and module, how B differs from A (any two artifacts)."""
+    from graft.tui import lineage_views, pictures
+
     a_ref, b_ref, rows = lineage.diff(store, a, b)
     if plot:
         _drew(pictures.diff_heatmap(a_ref, b_ref, rows, plot))
@@ -443,6 +454,8 @@ def diff(store: Store, a: str, b: str, show_all: bool, plot: Path | None, as_jso
 @with_store
 def log_(store: Store, ref: str, children: bool, plot: Path | None, as_json: bool) -> None:
     """The ancestry tree of REF: each parent with its relation and method."""
+    from graft.tui import lineage_views, pictures
+
     me, entries = lineage.log(store, ref, children=children)
     if plot:
         _drew(pictures.lineage_graph(me, entries, plot, children=children))
@@ -778,11 +791,13 @@ def verify(store: Store, ref: str | None, as_json: bool) -> None:
 @with_store
 def sql(store: Store, query: str, as_json: bool) -> None:
     """Run a read-only SQL query on the catalog (tables and views in the README)."""
+    from graft.tui import artifact_views
+
     result = lineage.run_sql(store, query)
     if as_json:
         render.print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
     else:
-        render.out.print(render.rows_table(result.columns, result.rows))
+        render.out.print(artifact_views.rows_table(result.columns, result.rows))
 
 
 @cli.command("export-catalog")
@@ -870,6 +885,7 @@ def config(store: Store, key: str | None, value: str | None, as_json: bool) -> N
 def du(store: Store, ref: str | None, as_json: bool) -> None:
     """Raw bytes against bytes on disk, for the store and each artifact (or REF)."""
     from graft.registry.usage import usage
+    from graft.tui import artifact_views
 
     total, rows = usage(store, ref)
     if as_json:
@@ -885,7 +901,7 @@ def du(store: Store, ref: str | None, as_json: bool) -> None:
         )
         return
     render.out.print(
-        render.rows_table(
+        artifact_views.rows_table(
             ["ARTIFACT", "RAW", "STORED", "RATIO"],
             [
                 (

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from graft import lineage, registry
 from graft.registry import Store
-from graft.tui import lineage_views, render
+from graft.tui import artifact_views, lineage_views, render
 
 # Package data of `graft` (in a checkout, graft/sample_artifacts links to the
 # repository's folder).
@@ -40,9 +40,9 @@ def run_demo(store: Store, samples: Path | None = None) -> None:
         )
         _command(f"add {folder}", f"  → {m.ref} ({m.kind}, {state})", gap=False)
     _command("ls")
-    render.out.print(render.artifact_table(registry.list_artifacts(store)))
+    render.out.print(artifact_views.artifact_table(registry.list_artifacts(store)))
     _command("show tiny-llama-sft")
-    for part in render.detail_view(registry.show(store, "tiny-llama-sft"), tensors=False):
+    for part in artifact_views.detail_view(registry.show(store, "tiny-llama-sft"), tensors=False):
         render.out.print(part)
     _command("touched tiny-llama-sft", "  (grid only)")
     touches = lineage.touched(store, "tiny-llama-sft")
