@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import graft_command, log, machine_line, print_table
+from common import cache_bytecode, graft_command, log, machine_line, print_table
 
 MB = 1_000_000
 SEED = 1234
@@ -285,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
+    cache_bytecode()
 
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)

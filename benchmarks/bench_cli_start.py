@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import graft_command, log, machine_line, print_table
+from common import cache_bytecode, graft_command, log, machine_line, print_table
 
 GOAL = 1.5
 
@@ -54,17 +54,12 @@ def main() -> None:
 
 def run(workdir: Path, rounds: int) -> None:
     store = workdir / "store"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(GRAFT_STORE=str(store), GRAFT_REPACK="off")
+    cache_bytecode()
+    env = {**os.environ, "GRAFT_STORE": str(store), "GRAFT_REPACK": "off"}
     graft = graft_command(None)
     log("filling the store with the samples (graft demo)")
     subprocess.run([*graft, "demo"], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([*graft, "sql", "SELECT 1"], env=env, check=True, stdout=subprocess.DEVNULL)
-    # graft/ links to the subpackages; the samples' generate.py is no module of graft's
-    # (and a __pycache__ there would end up in the wheel)
-    package = Path(__file__).resolve().parents[1] / "graft"
-    compile_all = [sys.executable, "-m", "compileall", "-q", "-x", "sample_artifacts"]
-    subprocess.run([*compile_all, str(package)], check=True)
     catalog = store / "catalog.duckdb"
     floor = f"import duckdb; duckdb.connect({str(catalog)!r}, read_only=True).execute('select 1')"
     commands = {

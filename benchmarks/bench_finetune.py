@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 from bench_add import MB, peak_rss_mb, sync, touch_memory, warm_cache
-from common import graft_command, log, machine_line, print_table
+from common import cache_bytecode, graft_command, log, machine_line, print_table
 from merge_vs_mergekit import generate_models
 
 DELTA_STD = 0.0004  # 2% of the base's N(0, 0.02)
@@ -59,6 +59,7 @@ def main() -> None:
     os.environ.pop("GRAFT_STORE", None)  # every command names its store
     os.environ["GRAFT_REPACK"] = "off"  # repack is timed on its own
     touch_memory(16)
+    cache_bytecode()
     try:
         bench(work, args.size_mb * MB, args.rounds, graft)
     finally:

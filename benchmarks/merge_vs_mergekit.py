@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 from bench_add import Shape, choose_shape, sync, touch_memory, warm_cache
-from common import graft_command, log, machine_line, print_table
+from common import cache_bytecode, graft_command, log, machine_line, print_table
 
 MB = 1_000_000
 GB = 1_000_000_000
@@ -371,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="touch this much memory once before measuring (0: skip); see bench_add",
     )
     args = ap.parse_args(argv)
+    cache_bytecode()
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
