@@ -46,7 +46,6 @@ FORMAT = 1
 CHUNK_BYTES = 4 * 1024 * 1024
 MIN_SAVING = 0.05  # keep a blob raw unless encoding saves at least this share
 MAX_FOOTER = 64 * 1024 * 1024
-LEVEL = 1  # zstd level: measured, higher levels gained < 1% at several times the cost
 TAIL = struct.Struct("<Q8s")
 
 Codec = Literal["solo", "delta"]

@@ -44,6 +44,7 @@ from graft.registry.codecs import (
     Footer,
     chunk_spans,
 )
+from graft.registry.decoded import Raw
 from graft.registry.errors import CorruptBlob, GraftError, StoreBusy, StoreError
 from graft.registry.fsutil import file_lock, fsync_dir
 from graft.registry.manifest import Manifest, TensorRecord
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
 MAX_CHAIN = 8  # deltas of deltas: deeper chains are re-based on their root, like a key frame
 MIN_BYTES = 64 * 1024  # smaller blobs stay raw: frames and footer would eat the gain
+TRIAL_BYTES = 256 * 1024  # a delta's start, encoded both ways to choose between delta and solo
 WANTED = "repack-wanted"  # in locks/: an add asked for a repack
 KEPT_RAW = "repack-kept-raw"  # in cache/: blobs tried, or added with --no-compress
 
@@ -330,7 +332,8 @@ def _reference_span(target: Target, ref: BlobReader, offset: int, length: int) -
 def _write_encoded(
     out: BinaryIO, target: Target, source: BlobReader, ref: BlobReader | None
 ) -> None:
-    """Write the encoded blob: a delta when it encodes the first chunk smaller than solo."""
+    """Write the encoded blob: a delta when it encodes the start of the blob
+    smaller than solo does."""
     from graft.registry.transforms import encode_chunk  # numpy: only when encoding
 
     out.write(MAGIC)
@@ -338,16 +341,13 @@ def _write_encoded(
     chunks: list[Chunk] = []
     for offset, length in chunk_spans(target.nbytes, ITEM_SIZES[target.dtype]):
         raw = source.read(offset, length)
-        if codec == "solo":
-            chunk, frames = encode_chunk("solo", target.dtype, raw, None)
-        else:
+        reference = None
+        if codec == "delta":
             assert ref is not None
             reference = _reference_span(target, ref, offset, length)
-            chunk, frames = encode_chunk("delta", target.dtype, raw, reference)
-            if not chunks:
-                solo = encode_chunk("solo", target.dtype, raw, None)
-                if sum(solo[0].planes) <= sum(chunk.planes):
-                    codec, (chunk, frames) = "solo", solo
+            if not chunks and _solo_is_smaller(target.dtype, raw, reference):
+                codec, reference = "solo", None
+        chunk, frames = encode_chunk(codec, target.dtype, raw, reference)
         for frame in frames:
             out.write(frame)
         chunks.append(chunk)
@@ -364,6 +364,17 @@ def _write_encoded(
     data = footer.to_json()
     out.write(data)
     out.write(TAIL.pack(len(data), MAGIC))
+
+
+def _solo_is_smaller(dtype: str, raw: Raw, reference: np.ndarray) -> bool:
+    """Whether the first `TRIAL_BYTES` encode smaller alone than as a delta (a
+    tensor that training replaced, or one that merely shares a name)."""
+    from graft.registry.transforms import encode_chunk
+
+    n = min(len(raw), TRIAL_BYTES - TRIAL_BYTES % ITEM_SIZES[dtype])
+    solo, _ = encode_chunk("solo", dtype, raw[:n], None)
+    delta, _ = encode_chunk("delta", dtype, raw[:n], reference[: n // ITEM_SIZES[dtype]])
+    return sum(solo.planes) <= sum(delta.planes)
 
 
 if __name__ == "__main__":  # the background repack that `after_add` starts

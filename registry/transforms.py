@@ -16,7 +16,6 @@ from graft.registry.codecs import (
     CHUNK_BYTES,
     FLOATS,
     ITEM_SIZES,
-    LEVEL,
     BadEncoding,
     Chunk,
     Codec,
@@ -24,6 +23,14 @@ from graft.registry.codecs import (
 )
 
 UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# zstd for byte planes, which are noise around a few values: what pays is the
+# Huffman coding of literals, and matches of 7 bytes or more found through a
+# 256-entry table (level 1 looks for shorter ones, in a larger table). Measured
+# on exponent planes: 9% smaller than level 1, compressed 2x and decoded 1.2x as
+# fast; higher levels were larger still, and slower.
+_PLANE_PARAMS = zstandard.ZstdCompressionParameters(
+    strategy=zstandard.STRATEGY_FAST, min_match=7, hash_log=8, search_log=1, window_log=17
+)
 
 
 def _as_uint(data: bytes | memoryview, item_size: int) -> np.ndarray:
@@ -110,9 +117,10 @@ def convert_reference(data: bytes | memoryview, src: str, dst: str) -> np.ndarra
         return f32.view(np.float32).astype(np.float16).view(np.uint16)
 
 
-def _planes(a: np.ndarray) -> list[bytes]:
-    columns = a.view(np.uint8).reshape(-1, a.dtype.itemsize)
-    return [columns[:, i].tobytes() for i in range(a.dtype.itemsize)]
+def _planes(a: np.ndarray) -> list[np.ndarray]:
+    """Byte i of every item, for each i (shift and narrow: 2x faster than copying
+    the byte columns out)."""
+    return [(a >> a.dtype.type(8 * i) if i else a).astype(np.uint8) for i in range(a.itemsize)]
 
 
 def _join_planes(planes: list[bytes], item_size: int) -> np.ndarray:
@@ -141,8 +149,8 @@ def encode_chunk(
         a = _zigzag(delta)
     elif dtype in FLOATS:
         a = _rotate_left(a)
-    compressor = zstandard.ZstdCompressor(level=LEVEL)
-    frames = [compressor.compress(plane) for plane in _planes(a)]
+    compressor = zstandard.ZstdCompressor(compression_params=_PLANE_PARAMS)
+    frames = [compressor.compress(plane.data) for plane in _planes(a)]
     chunk = Chunk(len(raw), xxhash.xxh3_64_hexdigest(raw), tuple(len(f) for f in frames))
     return chunk, frames
 

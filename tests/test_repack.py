@@ -163,6 +163,32 @@ def test_repack_stores_deltas_against_the_parent_and_exports_identical_files(
     assert again.encoded == 0 and again.bytes_before == 0
 
 
+def test_a_tensor_unrelated_to_its_parents_is_stored_alone(run, store_dir, tmp_path):
+    """The codec is chosen on the start of each blob: a child's tensor that has
+    nothing to do with its parent's (re-initialized, or only sharing a name) is
+    smaller alone, a fine-tuned one is smaller as a delta."""
+    from safetensors.torch import load_file, save_file
+
+    store = Store.open(store_dir)
+    registry.add(store, run / "base", name="base")
+    tensors = load_file(run / "checkpoint-10" / "model.safetensors")
+    tensors[MLP] = tensors[MLP].flip(0).contiguous()  # its rows in reverse: no longer aligned
+    child = tmp_path / "child"
+    child.mkdir()
+    save_file(tensors, child / "model.safetensors")
+    registry.add(store, child, name="child", parent="base")
+    repack(store)
+    replaced = _footer(store, _tensor(store, "child", MLP).blob)
+    assert replaced and replaced.codec == "solo"
+    tuned = _footer(store, _tensor(store, "child", MLP.replace("down", "up")).blob)
+    assert tuned and (tuned.codec, tuned.ref) == (
+        "delta",
+        _tensor(store, "base", MLP.replace("down", "up")).blob,
+    )
+    registry.export(store, "child", tmp_path / "out")
+    assert sha256_files(tmp_path / "out") == sha256_files(child)
+
+
 def test_span_reads_of_encoded_blobs_match_the_raw_bytes(run, store_dir, small_chunks):
     store = Store.open(store_dir)
     _register_run(store, run)
