@@ -61,6 +61,7 @@ def _decoders() -> ThreadPoolExecutor:
 
 
 os.register_at_fork(after_in_child=_decoders.cache_clear)  # a fork has none of the threads
+_READ_BUFFER = threading.local()  # see BlobReader._stored
 
 
 def _on_decoder_thread() -> bool:
@@ -410,6 +411,20 @@ class BlobReader:
             data += more
         return data
 
+    def _stored(self, offset: int, length: int) -> memoryview:
+        """Stored bytes read into this thread's buffer, valid until its next call
+        (a chunk's compressed planes: a fresh buffer per chunk costs page faults)."""
+        buf = getattr(_READ_BUFFER, "bytes", None)
+        if buf is None or len(buf) < length:
+            buf = _READ_BUFFER.bytes = bytearray(length)
+        view, done = memoryview(buf)[:length], 0
+        while done < length:
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if not n:
+                raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
+            done += n
+        return view
+
     def read(self, offset: int, length: int) -> Raw:
         """Raw bytes [offset, offset + length) of the blob."""
         self._check_range(offset, length)
@@ -546,8 +561,8 @@ class BlobReader:
         assert footer is not None
         chunk, raw_start, stored_start = self._chunks[index]
         ref = self._reference(raw_start, chunk.raw_length) if footer.ref else None
-        try:
-            return decode_chunk(footer, chunk, self._pread(stored_start, sum(chunk.planes)), ref)
+        try:  # (the reference first: decoding it may use this thread's buffer too)
+            return decode_chunk(footer, chunk, self._stored(stored_start, sum(chunk.planes)), ref)
         except BadEncoding as e:
             raise CorruptBlob(f"{self.what} is damaged: {e}", VERIFY_HINT) from e
 

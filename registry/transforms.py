@@ -155,13 +155,15 @@ def encode_chunk(
     return chunk, frames
 
 
-def decode_chunk(footer: Footer, chunk: Chunk, stored: bytes, ref: np.ndarray | None) -> memoryview:
+def decode_chunk(
+    footer: Footer, chunk: Chunk, stored: bytes | memoryview, ref: np.ndarray | None
+) -> memoryview:
     """The raw bytes of one chunk (read-only), checked against its checksum."""
     count = chunk.raw_length // footer.item_size
     decompressor = zstandard.ZstdDecompressor()
-    planes, pos = [], 0
+    planes, pos, view = [], 0, memoryview(stored)
     for n in chunk.planes:
-        frame = stored[pos : pos + n]
+        frame = view[pos : pos + n]
         pos += n
         try:  # the declared size is checked first: a hostile frame cannot claim gigabytes
             if zstandard.frame_content_size(frame) != count:
