@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import xxhash
 
-from graft.registry.codecs import ITEM_SIZES, BadEncoding, Footer, read_footer
-from graft.registry.decoded import DecodedChunks, Raw
+from graft.registry.codecs import CHUNK_BYTES, ITEM_SIZES, BadEncoding, Footer, read_footer
+from graft.registry.decoded import DecodedChunks, Raw, ThreadBuffer
 from graft.registry.errors import CorruptBlob
 from graft.registry.fsutil import fsync_dir
 from graft.registry.workdirs import WorkDirs
@@ -61,7 +61,7 @@ def _decoders() -> ThreadPoolExecutor:
 
 
 os.register_at_fork(after_in_child=_decoders.cache_clear)  # a fork has none of the threads
-_READ_BUFFER = threading.local()  # see BlobReader._stored
+_STORED = ThreadBuffer(CHUNK_BYTES)  # see BlobReader._stored
 
 
 def _on_decoder_thread() -> bool:
@@ -414,10 +414,7 @@ class BlobReader:
     def _stored(self, offset: int, length: int) -> memoryview:
         """Stored bytes read into this thread's buffer, valid until its next call
         (a chunk's compressed planes: a fresh buffer per chunk costs page faults)."""
-        buf = getattr(_READ_BUFFER, "bytes", None)
-        if buf is None or len(buf) < length:
-            buf = _READ_BUFFER.bytes = bytearray(length)
-        view, done = memoryview(buf)[:length], 0
+        view, done = _STORED.get(length), 0
         while done < length:
             n = os.preadv(self._fd, [view[done:]], offset + done)
             if not n:

@@ -6,8 +6,6 @@ artifacts never import numpy or zstandard.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import xxhash
 import zstandard
@@ -21,6 +19,7 @@ from graft.registry.codecs import (
     Codec,
     Footer,
 )
+from graft.registry.decoded import ThreadBuffer
 
 UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 # zstd for byte planes, which are noise around a few values: what pays is the
@@ -187,20 +186,9 @@ def decode_chunk(
     return raw
 
 
-class _Scratch(threading.local):
-    arrays: dict[np.dtype, np.ndarray]
-
-    def __init__(self) -> None:
-        self.arrays = {}
-
-
-_SCRATCH = _Scratch()
+_SCRATCH = ThreadBuffer(CHUNK_BYTES)
 
 
 def _scratch(dtype: np.dtype, count: int) -> np.ndarray:
-    """This thread's work space for decoding, reused chunk after chunk: a fresh
-    array per step costs more in page faults than the arithmetic in it."""
-    a = _SCRATCH.arrays.get(dtype)
-    if a is None or len(a) < count:
-        a = _SCRATCH.arrays[dtype] = np.empty(max(count, CHUNK_BYTES // dtype.itemsize), dtype)
-    return a[:count]
+    """This thread's work space for decoding, reused chunk after chunk."""
+    return np.frombuffer(_SCRATCH.get(count * dtype.itemsize), dtype)
