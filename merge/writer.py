@@ -13,14 +13,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
+from graft.registry.direct import DirectWriter
 from graft.registry.fsutil import fsync_dir, write_atomic
 
 INDEX_NAME = "model.safetensors.index.json"
-WRITEBACK_EVERY = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ class ShardWriter:
         self._header_len: dict[str, int] = {}
         self._queue = [(s, t) for s in self.shards for t in s.tensors]
         self._next = 0
-        self._file: BinaryIO | None = None
-        self._written_back = 0  # bytes of the open shard whose writeback has started
+        self._file: DirectWriter | None = None  # the open shard's
 
     @property
     def files(self) -> list[str]:
@@ -98,7 +96,6 @@ class ShardWriter:
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         assert data.nbytes == planned.nbytes, name
         self._file.write(data.data)
-        self._start_writeback()
         self._next += 1
         if planned is shard.tensors[-1]:
             self._close()
@@ -127,33 +124,21 @@ class ShardWriter:
     def close(self) -> None:
         self._close()
 
-    def _start_writeback(self) -> None:
-        """Every WRITEBACK_EVERY bytes, have the kernel start writing what came
-        before to disk, so that the fsync at the end does not wait for all of it.
-        On Linux, POSIX_FADV_DONTNEED starts writeback of dirty pages and returns
-        (it drops only clean pages, and these are not clean yet)."""
-        assert self._file is not None
-        end = self._file.tell()
-        if end - self._written_back >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
-            self._file.flush()
-            length = end - self._written_back
-            os.posix_fadvise(
-                self._file.fileno(), self._written_back, length, os.POSIX_FADV_DONTNEED
-            )
-            self._written_back = end
-
     def _open(self, shard: _Shard) -> None:
         header = self._header(shard, None)
         self._header_len[shard.file] = len(header)
-        self._file = open(self.folder / shard.file, "wb")  # noqa: SIM115 - closed by _close
-        self._written_back = 0
+        fd = os.open(self.folder / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._file = DirectWriter(fd)
         self._file.write(len(header).to_bytes(8, "little"))
         self._file.write(header)
 
     def _close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._file.flush()
+            finally:
+                os.close(self._file.fd)
+                self._file = None
 
     def _header(self, shard: _Shard, length: int | None) -> bytes:
         """The header JSON, padded with spaces to `length` (or to a multiple of 8

@@ -14,7 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -37,12 +39,13 @@ from graft.registry.manifest import (
     TensorRecord,
     content_id,
 )
-from graft.registry.safetensors_header import SafetensorsHeader, read_header
+from graft.registry.safetensors_header import SafetensorsHeader, TensorEntry, read_header
 from graft.registry.sources import Source, scan
 from graft.registry.statcache import file_identity
 from graft.registry.store import Store
 
 OnProgress = Callable[[int, int], None]  # (bytes done, bytes total)
+STORE_THREADS = 2
 
 RELATION_OF_KIND: dict[str, Relation] = {
     "model": "finetune",
@@ -205,12 +208,14 @@ def _store_files(
     plan: dict[str, Path | SafetensorsHeader] = {**source.companions, **weights}
     total = sum(os.path.getsize(_path_of(p)) for p in plan.values())
     done = 0
+    lock = threading.Lock()  # tensors are stored two at a time
 
     def on_bytes(n: int) -> None:
         nonlocal done
-        done += n
-        if on_progress:
-            on_progress(done, total)
+        with lock:
+            done += n
+            if on_progress:
+                on_progress(done, total)
 
     records, written = [], 0
     try:
@@ -276,9 +281,18 @@ def _store_safetensors(
     on_bytes: Callable[[int], None],
 ) -> tuple[FileRecord, int]:
     header_blob, written = store.blobs.put_range(f, 0, header.data_start, on_bytes)
+
+    def put(t: TensorEntry) -> tuple[str, int]:
+        return store.blobs.put_range(f, header.data_start + t.begin, t.nbytes, on_bytes)
+
+    # Two at once: one tensor is read and hashed while the other's bytes go to disk.
+    pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="graft-add")
+    try:
+        stored = list(pool.map(put, header.tensors))
+    finally:
+        pool.shutdown(cancel_futures=True)
     tensors = []
-    for t in header.tensors:
-        blob, n = store.blobs.put_range(f, header.data_start + t.begin, t.nbytes, on_bytes)
+    for t, (blob, n) in zip(header.tensors, stored, strict=True):
         written += n
         tensors.append(TensorRecord(t.name, t.dtype, t.shape, t.begin, t.nbytes, blob))
     record = FileRecord(rel, size, header_blob, tuple(tensors), header.metadata)

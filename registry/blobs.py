@@ -3,20 +3,18 @@
 Blobs live at ``blobs/<first 2 hex>/<remaining 30 hex>``, raw or encoded
 (`registry.codecs`); `BlobReader` is the one way to read their bytes back.
 
-A new blob is written to a temp file (in this process's folder under tmp/)
-whose writeback starts at once; `sync()` fsyncs the batch, renames each into
-place and fsyncs the folders, so a blob that exists is complete and durable.
-Batching lets the disk flush one blob while the next is written, instead of
-stalling on an fsync per blob; a batch is published whenever it reaches
-`PUBLISH_BYTES`, so an add that is killed keeps what it had finished and its
-re-run writes only the rest. Bytes are streamed through a fixed buffer;
-nothing is ever read whole."""
+A new blob is written to a temp file (in this process's folder under tmp/),
+straight to disk where the filesystem allows (`registry.direct`); `sync()`
+fsyncs the batch, renames each into place and fsyncs the folders, so a blob
+that exists is complete and durable. Batching spares an fsync wait per blob; a
+batch is published whenever it reaches `PUBLISH_BYTES`, so an add that is
+killed keeps what it had finished and its re-run writes only the rest. Bytes
+are streamed through a fixed buffer per thread; nothing is ever read whole."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import ctypes
 import os
 import tempfile
 import threading
@@ -29,8 +27,10 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import xxhash
 
+from graft.registry.buffers import ThreadBuffer
 from graft.registry.codecs import CHUNK_BYTES, ITEM_SIZES, BadEncoding, Footer, read_footer
-from graft.registry.decoded import DecodedChunks, Raw, ThreadBuffer
+from graft.registry.decoded import DecodedChunks, Raw
+from graft.registry.direct import DirectWriter
 from graft.registry.errors import CorruptBlob
 from graft.registry.fsutil import fsync_dir
 from graft.registry.workdirs import WorkDirs
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 CHUNK = 8 * 1024 * 1024
 SMALL_BLOB = 32 * 1024 * 1024  # a range up to this size is read once into memory
 PUBLISH_BYTES = 64 * 1024 * 1024  # pending blobs are published in batches of this size
-WRITEBACK_BYTES = 64 * 1024 * 1024  # an export starts writing to disk every this many bytes
 MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
 VERIFY_HINT = "run `graft verify` for details"
 DECODED_BYTES = 48 * 1024 * 1024  # decoded chunks kept for other readers (12 of 4 MB)
@@ -62,50 +61,23 @@ def _decoders() -> ThreadPoolExecutor:
 
 os.register_at_fork(after_in_child=_decoders.cache_clear)  # a fork has none of the threads
 _STORED = ThreadBuffer(CHUNK_BYTES)  # see BlobReader._stored
+_READ = ThreadBuffer(SMALL_BLOB)  # what `BlobStore.put_range` reads into
 
 
 def _on_decoder_thread() -> bool:
     return threading.current_thread().name.startswith(DECODER_NAME)
 
 
-def _writeback_starter() -> Callable[[int], None]:
-    """Linux's sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): start writing a
-    file's dirty pages without waiting. Elsewhere a no-op (fsync does it all)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return lambda fd: None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return lambda fd: call(fd, 0, 0, 2)
-
-
-_start_writeback = _writeback_starter()
-
-
 def _no_progress(_: int) -> None:
     pass
 
 
-def _chunks(f: BinaryIO, offset: int, length: int, buf: bytearray) -> Iterator[memoryview]:
-    """Yield views of `length` bytes of `f` from `offset`, reusing `buf`."""
-    f.seek(offset)
-    view = memoryview(buf)
-    left = length
-    while left:
-        n = f.readinto(view[: min(left, len(buf))])  # type: ignore[attr-defined]
-        if not n:
-            raise EOFError(f"{length - left} of {length} bytes, then end of file")
-        left -= n
-        yield view[:n]
-
-
 def _fill(f: BinaryIO, offset: int, view: memoryview) -> None:
-    """Read exactly len(view) bytes of `f` from `offset` into `view`."""
-    f.seek(offset)
+    """Read exactly len(view) bytes of `f` from `offset` into `view` (without
+    moving `f`'s position: threads share it)."""
     done = 0
     while done < len(view):
-        n = f.readinto(view[done:])  # type: ignore[attr-defined]
+        n = os.preadv(f.fileno(), [view[done:]], offset + done)
         if not n:
             raise EOFError(f"{done} of {len(view)} bytes, then end of file")
         done += n
@@ -116,10 +88,12 @@ def hash_bytes(data: bytes | memoryview) -> str:
 
 
 class BlobStore:
+    """Writing is thread-safe: an add stores several tensors at once."""
+
     def __init__(self, root: Path, work: WorkDirs) -> None:
         self.root = root
         self.work = work
-        self._buf = bytearray()  # SMALL_BLOB bytes, once something is added
+        self._lock = threading.Lock()  # guards what follows, and publishing
         self._pending: dict[str, Path] = {}  # key → complete temp file, not yet renamed
         self._pending_bytes = 0
         self.decoded = DecodedChunks(DECODED_BYTES)
@@ -136,61 +110,69 @@ class BlobStore:
         """Store bytes [offset, offset+length) of `f`; return (key, bytes newly written).
 
         Each byte is read once: a range that fits the buffer is hashed in memory
-        and written only when new; a larger one is written while it is hashed,
-        and the copy dropped (before its writeback starts) when the blob exists.
+        and written only when new; a larger one is written span by span while it
+        is hashed, and dropped when the blob turns out to exist.
         """
-        if not self._buf:
-            self._buf = bytearray(SMALL_BLOB)
-        if length <= len(self._buf):
-            view = memoryview(self._buf)[:length]
-            _fill(f, offset, view)
+        buf = _READ.get(SMALL_BLOB)
+        if length <= len(buf):
+            _fill(f, offset, buf[:length])
             on_bytes(length)
-            key = hash_bytes(view)
+            key = hash_bytes(buf[:length])
             if self.has(key):
                 return key, 0
 
-            def write_view(out: BinaryIO) -> str:
-                out.write(view)
+            def write_read(out: DirectWriter) -> str:
+                out.write_from(buf, length)
                 return key
 
-            return self._install(write_view)
+            return self._install(write_read)
 
-        def write(out: BinaryIO) -> str:
+        def write(out: DirectWriter) -> str:
             h = xxhash.xxh3_128()
-            for chunk in _chunks(f, offset, length, self._buf):
-                h.update(chunk)
-                out.write(chunk)
-                on_bytes(len(chunk))
+            for start in range(offset, offset + length, len(buf)):
+                n = min(len(buf), offset + length - start)
+                _fill(f, start, buf[:n])
+                h.update(buf[:n])
+                out.write_from(buf, n)
+                on_bytes(n)
             return h.hexdigest()
 
         return self._install(write)
 
-    def _install(self, write: Callable[[BinaryIO], str]) -> tuple[str, int]:
-        """Write a blob to a temp file (`write` returns its key) and start its
-        writeback, unless the key is stored already; `sync()` publishes it."""
-        fd, tmp = tempfile.mkstemp(dir=self.work.mine(), prefix="blob-")
+    def _install(self, write: Callable[[DirectWriter], str]) -> tuple[str, int]:
+        """Write a blob to a temp file (`write` returns its key), unless the key
+        is stored already; `sync()` publishes it."""
+        with self._lock:
+            folder = self.work.mine()
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="blob-")
         try:
-            with os.fdopen(fd, "wb") as out:
-                key = write(out)
+            try:
+                key = write(out := DirectWriter(fd))
+                out.flush()
+                os.fchmod(fd, 0o444)  # blobs are immutable
+            finally:
+                os.close(fd)
+            size = os.path.getsize(tmp)
+            with self._lock:
                 if self.has(key):
                     os.unlink(tmp)
                     return key, 0
-                out.flush()
-                os.fchmod(out.fileno(), 0o444)  # blobs are immutable
-                _start_writeback(out.fileno())
+                self._pending[key] = Path(tmp)
+                self._pending_bytes += size
+                if self._pending_bytes >= PUBLISH_BYTES:  # a killed writer keeps what it finished
+                    self._publish()
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        size = os.path.getsize(tmp)
-        self._pending[key] = Path(tmp)
-        self._pending_bytes += size
-        if self._pending_bytes >= PUBLISH_BYTES:  # a killed writer keeps what it finished
-            self.sync()
         return key, size
 
     def sync(self) -> None:
         """Publish pending blobs: fsync each, rename it to its address, fsync the folders."""
+        with self._lock:
+            self._publish()
+
+    def _publish(self) -> None:
         folders = set()
         for key, tmp in self._pending.items():
             fd = os.open(tmp, os.O_RDONLY)
@@ -226,16 +208,16 @@ class BlobStore:
         with self.open(key) as blob:
             return b"".join(blob.stream())
 
-    def copy_to(self, keys: Iterable[str], out: BinaryIO, on_bytes: OnBytes = _no_progress) -> None:
+    def copy_to(
+        self, keys: Iterable[str], out: DirectWriter, on_bytes: OnBytes = _no_progress
+    ) -> None:
         """Stream the blobs' raw bytes into `out`, one after another, failing at the
         end of any that does not hash to its key. Decoding runs ahead across blob
         boundaries, as most tensors are one or two chunks: every core stays busy."""
         ahead: deque[tuple[BlobReader, Future[Raw] | None]] = deque()  # None: its end
         hashes: dict[BlobReader, xxhash.xxh3_128] = {}  # of the open readers
-        unsynced = 0
 
         def write_ahead(keep: int) -> None:
-            nonlocal unsynced
             while len(ahead) > keep:
                 reader, future = ahead.popleft()
                 if future is None:
@@ -247,11 +229,6 @@ class BlobStore:
                 hashes[reader].update(piece)
                 out.write(piece)
                 on_bytes(len(piece))
-                unsynced += len(piece)
-                if unsynced >= WRITEBACK_BYTES:
-                    out.flush()
-                    _start_writeback(out.fileno())
-                    unsynced = 0
 
         try:
             for key in keys:

@@ -1,5 +1,4 @@
-"""Decoded chunks shared by every reader of a store, and the per-thread
-buffers decoding works in.
+"""Decoded chunks shared by every reader of a store.
 
 Reading fine-tunes of one base side by side (a merge, the deltas of a child
 against its parent) decodes the same base chunks once per reader: each delta
@@ -83,19 +82,3 @@ class DecodedChunks:
                 return True
             owner = self._waits_for.get(owner)
         return False
-
-
-class ThreadBuffer:
-    """A bytearray per thread, grown as needed and reused call after call: a
-    fresh buffer per chunk decoded costs more in page faults than the work."""
-
-    def __init__(self, min_bytes: int) -> None:
-        self.min_bytes = min_bytes
-        self._local = threading.local()
-
-    def get(self, nbytes: int) -> memoryview:
-        """`nbytes` of this thread's buffer (old contents), valid until its next `get`."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < nbytes:
-            buf = self._local.buf = bytearray(max(nbytes, self.min_bytes))
-        return memoryview(buf)[:nbytes]

@@ -12,6 +12,7 @@ from typing import Literal
 
 from graft.registry.blobs import MissingReference
 from graft.registry.catalog import Connection, delete_artifacts, insert_manifests
+from graft.registry.direct import DirectWriter
 from graft.registry.errors import CorruptBlob, GraftError, StoreError
 from graft.registry.fsutil import fsync_dir
 from graft.registry.listing import children_of
@@ -46,10 +47,14 @@ def export(
     try:
         for f in manifest.files:
             (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
-            with open(staging / f.path, "wb") as out:
+            fd = os.open(staging / f.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                out = DirectWriter(fd)
                 store.blobs.copy_to(f.blob_keys(), out, on_bytes)
                 out.flush()
-                os.fsync(out.fileno())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         fsync_dir(staging)
         if out_dir.exists():
             out_dir.rmdir()

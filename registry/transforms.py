@@ -10,6 +10,7 @@ import numpy as np
 import xxhash
 import zstandard
 
+from graft.registry.buffers import ThreadBuffer
 from graft.registry.codecs import (
     CHUNK_BYTES,
     FLOATS,
@@ -19,7 +20,6 @@ from graft.registry.codecs import (
     Codec,
     Footer,
 )
-from graft.registry.decoded import ThreadBuffer
 
 UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 # zstd for byte planes, which are noise around a few values: what pays is the

@@ -308,14 +308,14 @@ def test_add_of_second_version_killed(
 
 # A real `graft add` (the CLI's own entry point) that SIGKILLs itself at one point.
 INJECT = r"""
-import importlib, os, signal, sys
+import importlib, itertools, os, signal, sys
 from graft import registry
 from graft.registry.blobs import BlobStore
 from graft.tui.cli import main
 
 add_module = importlib.import_module("graft.registry.add")  # the module, not the function
 point = sys.argv[1]
-installs = 0
+installs = itertools.count(1)
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -324,16 +324,15 @@ if point in ("blob half written", "blob renamed"):
     install = BlobStore._install
 
     def _install(self, write):
-        global installs
-        installs += 1
-        if installs == 3 and point == "blob half written":
+        mine = next(installs)  # atomic: an add stores tensors in several threads
+        if mine == 3 and point == "blob half written":
             def half(out):
                 out.write(b"\0" * 4096)
                 out.flush()
                 die()
             return install(self, half)
         result = install(self, write)
-        if installs == 3:
+        if mine == 3:
             die()
         return result
 
