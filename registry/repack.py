@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from graft.registry.blobs import BlobReader
 from graft.registry.codecs import (
@@ -45,6 +45,7 @@ from graft.registry.codecs import (
     chunk_spans,
 )
 from graft.registry.decoded import Raw
+from graft.registry.direct import DirectWriter
 from graft.registry.errors import CorruptBlob, GraftError, StoreBusy, StoreError
 from graft.registry.fsutil import file_lock, fsync_dir
 from graft.registry.manifest import Manifest, TensorRecord
@@ -299,14 +300,17 @@ def _encode(store: Store, target: Target) -> int | None:
         ref = stack.enter_context(store.blobs.open(target.ref)) if target.ref else None
         fd, tmp = tempfile.mkstemp(dir=store.work.mine(), prefix="repack-")
         try:
-            with os.fdopen(fd, "wb") as out:
+            try:
+                out = DirectWriter(fd)
                 _write_encoded(out, target, source, ref)
                 stored = out.tell()
                 if stored > target.nbytes * (1 - MIN_SAVING):
                     raise _NotWorthIt
-                os.fchmod(out.fileno(), 0o444)
                 out.flush()
-                os.fsync(out.fileno())
+                os.fchmod(fd, 0o444)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, store.blobs.path(target.key))
             return stored
         except _NotWorthIt:
@@ -330,7 +334,7 @@ def _reference_span(target: Target, ref: BlobReader, offset: int, length: int) -
 
 
 def _write_encoded(
-    out: BinaryIO, target: Target, source: BlobReader, ref: BlobReader | None
+    out: DirectWriter, target: Target, source: BlobReader, ref: BlobReader | None
 ) -> None:
     """Write the encoded blob: a delta when it encodes the start of the blob
     smaller than solo does."""
