@@ -44,6 +44,8 @@ PUBLISH_BYTES = 64 * 1024 * 1024  # pending blobs are published in batches of th
 MAX_READ_DEPTH = 16  # a longer reference chain is damage (repack builds at most MAX_CHAIN)
 VERIFY_HINT = "run `graft verify` for details"
 DECODED_BYTES = 48 * 1024 * 1024  # decoded chunks kept for other readers (12 of 4 MB)
+AHEAD_BYTES = 32 * 1024 * 1024  # an export decodes up to this far ahead of its writes
+AHEAD_PIECES = 64  # and this many pieces (each may hold a blob open)
 
 OnBytes = Callable[[int], None]
 
@@ -213,19 +215,28 @@ class BlobStore:
     ) -> None:
         """Stream the blobs' raw bytes into `out`, one after another, failing at the
         end of any that does not hash to its key. Decoding runs ahead across blob
-        boundaries, as most tensors are one or two chunks: every core stays busy."""
-        ahead: deque[tuple[BlobReader, Future[Raw] | None]] = deque()  # None: its end
+        boundaries (most tensors are one or two chunks, many far smaller), by
+        bytes as well as by pieces, so that every core stays busy while `out`
+        waits on the disk."""
+        ahead: deque[tuple[BlobReader, int, Future[Raw] | None]] = deque()  # None: its end
         hashes: dict[BlobReader, xxhash.xxh3_128] = {}  # of the open readers
+        ahead_bytes = 0
 
-        def write_ahead(keep: int) -> None:
-            while len(ahead) > keep:
-                reader, future = ahead.popleft()
+        def write_out(limit: int) -> None:
+            """Write the oldest pieces until no more than `limit` bytes, and
+            AHEAD_PIECES pieces, are decoding ahead."""
+            nonlocal ahead_bytes
+            while ahead and (
+                ahead_bytes > limit or len(ahead) > AHEAD_PIECES or ahead[0][2] is None
+            ):
+                reader, n, future = ahead.popleft()
                 if future is None:
                     reader.check(hashes[reader])
                     del hashes[reader]
                     reader.close()
                     continue
                 piece = future.result()
+                ahead_bytes -= n
                 hashes[reader].update(piece)
                 out.write(piece)
                 on_bytes(len(piece))
@@ -234,13 +245,14 @@ class BlobStore:
             for key in keys:
                 reader = self.open(key)
                 hashes[reader] = xxhash.xxh3_128()
-                for future in reader.piece_futures():
-                    ahead.append((reader, future))
-                    write_ahead(2 * DECODE_THREADS)
-                ahead.append((reader, None))
-            write_ahead(0)
+                for n, future in reader.piece_futures():
+                    ahead.append((reader, n, future))
+                    ahead_bytes += n
+                    write_out(AHEAD_BYTES)
+                ahead.append((reader, 0, None))
+            write_out(-1)  # everything
         finally:
-            for _, pending in ahead:
+            for _, _, pending in ahead:
                 if pending is not None:
                     pending.cancel()
             for reader in hashes:
@@ -502,7 +514,7 @@ class BlobReader:
             return
         ahead: deque[Future[Raw]] = deque()
         try:
-            for future in self.piece_futures():
+            for _, future in self.piece_futures():
                 ahead.append(future)
                 if len(ahead) > DECODE_THREADS:
                     yield ahead.popleft().result()
@@ -512,15 +524,17 @@ class BlobReader:
             for future in ahead:
                 future.cancel()
 
-    def piece_futures(self) -> Iterator[Future[Raw]]:
+    def piece_futures(self) -> Iterator[tuple[int, Future[Raw]]]:
         """The blob's pieces in order (decoded chunks, or 8 MB reads of a raw blob),
-        each handed to the decoding threads when the iterator reaches it."""
+        each (its length, its bytes) handed to the decoding threads when the
+        iterator reaches it."""
         if self.footer:
-            for index in range(len(self._chunks)):
-                yield self._submit(self._decode, index)
+            for index, (chunk, _, _) in enumerate(self._chunks):
+                yield chunk.raw_length, self._submit(self._decode, index)
         else:
             for offset in range(0, self.size, CHUNK):
-                yield self._submit(self._pread, offset, min(CHUNK, self.size - offset))
+                n = min(CHUNK, self.size - offset)
+                yield n, self._submit(self._pread, offset, n)
 
     def _decode(self, index: int) -> Raw:
         chunk, raw_start, _ = self._chunks[index]

@@ -156,3 +156,38 @@ def test_allow_pickle_converts_with_weights_only(graft, tmp_path):
 
     loaded = load_file(tmp_path / "out" / "model.safetensors")
     assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+
+
+def test_export_of_many_small_tensors_keeps_few_blobs_open(graft, tmp_path, monkeypatch):
+    """Export decodes ahead by bytes and by pieces: hundreds of tiny tensors must
+    not hold hundreds of blob files open at once."""
+    from safetensors.torch import save_file
+
+    from graft.registry import blobs
+
+    model = tmp_path / "m"
+    model.mkdir()
+    save_file(
+        {f"norm.{i}.weight": torch.full((4,), float(i)) for i in range(300)},
+        model / "model.safetensors",
+    )
+    graft("add", model)
+    open_now: set[int] = set()
+    peak = 0
+    init, close = blobs.BlobReader.__init__, blobs.BlobReader.close
+
+    def counting_init(self, *args, **kwargs):
+        nonlocal peak
+        init(self, *args, **kwargs)
+        open_now.add(id(self))
+        peak = max(peak, len(open_now))
+
+    def counting_close(self):
+        open_now.discard(id(self))
+        close(self)
+
+    monkeypatch.setattr(blobs.BlobReader, "__init__", counting_init)
+    monkeypatch.setattr(blobs.BlobReader, "close", counting_close)
+    graft("export", "m", tmp_path / "out")
+    assert sha256_tree(tmp_path / "out") == sha256_tree(model)
+    assert 10 < peak <= 100  # of 301 blobs
