@@ -18,7 +18,14 @@ command does first) loads neither torch nor DuckDB.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# torch's OpenMP threads spin between parallel regions unless told to sleep.
+# Beside graft's own reading, decoding and writing threads that spinning took
+# half the CPU time of a merge on two cores (perf: 50% of the samples in
+# libgomp). It must be set before torch loads; a setting of the user's wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The name on PyPI, where `graft` belongs to another project; the import name
 # and the command stay `graft`.

@@ -85,6 +85,18 @@ def test_the_cli_starts_without_importing_torch_or_numpy():
     assert loaded == "[]"
 
 
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_torch_threads_sleep_between_parallel_regions_unless_the_user_says(preset, expected):
+    """OpenMP reads OMP_WAIT_POLICY when torch loads: graft sets it first, and
+    leaves a user's own setting alone."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, graft.merge.executor, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    policy = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, env=env, text=True)
+    assert policy.strip() == expected
+
+
 HEAVY = ("torch", "transformers", "peft", "textual", "pyarrow", "numpy", "matplotlib")
 # Runs one command in a fresh interpreter, then names the heavy modules it loaded.
 RUN_AND_LIST = """
