@@ -74,12 +74,12 @@ def _no_progress(_: int) -> None:
     pass
 
 
-def _fill(f: BinaryIO, offset: int, view: memoryview) -> None:
-    """Read exactly len(view) bytes of `f` from `offset` into `view` (without
-    moving `f`'s position: threads share it)."""
+def _fill(fd: int, offset: int, view: memoryview) -> None:
+    """Read exactly len(view) bytes of `fd` from `offset` into `view` (without
+    moving the file's position: threads share it)."""
     done = 0
     while done < len(view):
-        n = os.preadv(f.fileno(), [view[done:]], offset + done)
+        n = os.preadv(fd, [view[done:]], offset + done)
         if not n:
             raise EOFError(f"{done} of {len(view)} bytes, then end of file")
         done += n
@@ -117,7 +117,7 @@ class BlobStore:
         """
         buf = _READ.get(SMALL_BLOB)
         if length <= len(buf):
-            _fill(f, offset, buf[:length])
+            _fill(f.fileno(), offset, buf[:length])
             on_bytes(length)
             key = hash_bytes(buf[:length])
             if self.has(key):
@@ -133,7 +133,7 @@ class BlobStore:
             h = xxhash.xxh3_128()
             for start in range(offset, offset + length, len(buf)):
                 n = min(len(buf), offset + length - start)
-                _fill(f, start, buf[:n])
+                _fill(f.fileno(), start, buf[:n])
                 h.update(buf[:n])
                 out.write_from(buf, n)
                 on_bytes(n)
@@ -403,12 +403,11 @@ class BlobReader:
     def _stored(self, offset: int, length: int) -> memoryview:
         """Stored bytes read into this thread's buffer, valid until its next call
         (a chunk's compressed planes: a fresh buffer per chunk costs page faults)."""
-        view, done = _STORED.get(length), 0
-        while done < length:
-            n = os.preadv(self._fd, [view[done:]], offset + done)
-            if not n:
-                raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT)
-            done += n
+        view = _STORED.get(length)
+        try:
+            _fill(self._fd, offset, view)
+        except EOFError:
+            raise CorruptBlob(f"{self.what} is truncated", VERIFY_HINT) from None
         return view
 
     def read(self, offset: int, length: int) -> Raw:
