@@ -77,8 +77,10 @@ def kth_smallest(values: np.ndarray, at: int) -> int:
         if below_hi <= at < through_hi:
             return int(hi)
         if through_lo <= at < below_hi:
-            inside = values[(values > lo) & (values < hi)]
-            return int(np.partition(inside, at - through_lo)[at - through_lo])
+            # sorted, not partitioned: the few distinct values of a bf16
+            # fine-tune's |δ| make numpy's introselect 10x slower than its sort
+            inside = np.sort(values[(values > lo) & (values < hi)])
+            return int(inside[at - through_lo])
     return int(np.partition(values, at)[at])
 
 
