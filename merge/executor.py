@@ -1,11 +1,12 @@
 """Execute a merge plan tensor by tensor into a new folder.
 
-Memory holds the inputs of the tensor being merged plus those of the next one,
-which a reader thread loads while this one computes (inputs over 32 MB are not
-loaded at all: the formulas read them a span at a time). Results are
-computed in fp32 and rounded once to the output dtype. The output is built in
-a hidden temp folder beside `out_dir` and renamed into place only when every
-byte is on disk, so an interrupted merge never leaves a folder that looks done.
+Memory holds the inputs of the tensors being merged (two at once on a CPU with
+two cores) plus those of the next one, which a reader thread loads meanwhile
+(inputs over 32 MB are not loaded at all: the formulas read them a span at a
+time). Results are computed in fp32 and rounded once to the output dtype. The
+output is built in a hidden temp folder beside `out_dir` and renamed into place
+only when every byte is on disk, so an interrupted merge never leaves a folder
+that looks done.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -223,42 +225,75 @@ def _execute(
             base, inputs = (laid[0], laid[1:]) if base is not None else (None, laid)
         return Loaded(base, inputs, buffers)
 
-    # Three stages overlap: the reader loads tensor i+1 and the writer writes
-    # tensor i-1 while tensor i is merged.
+    def merge(task: TensorTask, loading: Future[Loaded]) -> tuple[torch.Tensor, bool, Loaded]:
+        loaded = loading.result()
+        out, changed = _merge_one(plan, task, loaded, seed, device, pool)
+        return out, changed, loaded
+
+    # Three stages overlap: the reader loads the next tensor, `workers` threads
+    # merge as many tensors at once, and the writer writes the last one merged
+    # (outputs go out in plan order).
+    workers = _merge_workers(device)
     reader = ThreadPoolExecutor(1, thread_name_prefix="graft-read")
+    merging = ThreadPoolExecutor(workers, thread_name_prefix="graft-merge")
     writing = ThreadPoolExecutor(1, thread_name_prefix="graft-write")
+    queued: deque[tuple[TensorTask, Future[tuple[torch.Tensor, bool, Loaded]]]] = deque()
+    upcoming = iter(plan.tasks)
+
+    def queue_next() -> None:
+        task = next(upcoming, None)
+        if task is not None:
+            queued.append((task, merging.submit(merge, task, reader.submit(load, task))))
+
     written: Future[None] | None = None
     writing_buffers: list[torch.Tensor] = []
     try:
-        pending = reader.submit(load, plan.tasks[0])
-        for i, task in enumerate(plan.tasks):
-            if should_cancel and should_cancel():
-                raise MergeCancelled("merge cancelled", "nothing was written to the output")
-            loaded = pending.result()
-            if i + 1 < len(plan.tasks):
-                pending = reader.submit(load, plan.tasks[i + 1])
-            out, changed = _merge_one(plan, task, loaded, seed, device, pool)
+        with _intra_op_threads(workers):
+            for _ in range(workers + 1):
+                queue_next()
+            count = len(plan.tasks)
+            for done in range(1, count + 1):
+                if should_cancel and should_cancel():
+                    raise MergeCancelled("merge cancelled", "nothing was written to the output")
+                task, merged = queued.popleft()
+                out, changed, loaded = merged.result()
+                queue_next()
+                if written is not None:
+                    written.result()
+                    pool.give(writing_buffers)
+                written = writing.submit(writer.write, task.name, out)
+                writing_buffers = loaded.buffers
+                del out, loaded
+                if changed:
+                    touched.append(task.name)
+                done_bytes += task.nbytes
+                if on_progress:
+                    on_progress(MergeProgress(done, count, done_bytes, plan.total_bytes, task.name))
             if written is not None:
                 written.result()
-                pool.give(writing_buffers)
-            written = writing.submit(writer.write, task.name, out)
-            writing_buffers = loaded.buffers
-            del out, loaded
-            if changed:
-                touched.append(task.name)
-            done_bytes += task.nbytes
-            if on_progress:
-                on_progress(
-                    MergeProgress(i + 1, len(plan.tasks), done_bytes, plan.total_bytes, task.name)
-                )
-        if written is not None:
-            written.result()
         writer.finish({"graft.touched": json.dumps(touched)})
     finally:
-        for threads in (reader, writing):
+        for threads in (reader, merging, writing):  # a cancelled load ends its merge
             threads.shutdown(wait=True, cancel_futures=True)
         writer.close()
     return Written(writer.files, len(plan.tasks), plan.total_bytes, touched, companion_files(plan))
+
+
+def _merge_workers(device: torch.device) -> int:
+    """Tensors merged at once: one per core, up to two (each holds a tensor's
+    inputs and fp32 work in memory); one on a GPU, whose kernels run async."""
+    return 1 if device.type != "cpu" else max(1, min(2, len(os.sched_getaffinity(0))))
+
+
+@contextmanager
+def _intra_op_threads(workers: int) -> Iterator[None]:
+    """Split torch's intra-op threads among the merge workers for the merge."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _merge_one(

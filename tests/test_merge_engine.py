@@ -325,6 +325,27 @@ def test_dare_is_byte_identical_for_a_seed_whatever_the_thread_count(
     assert _dare(tmp_path, "d", seed=8) != first
 
 
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "linear"])
+def test_merges_are_byte_identical_whatever_the_number_of_merge_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    from graft.merge import executor
+
+    folded = BASE + "+" + str(SAMPLES / "lora-reverse")
+    params = {"weight": 0.5} if method == "linear" else {"weight": 0.5, "density": 0.4}
+    entries = [{"model": m, "parameters": params} for m in (SFT, folded)]
+    base = {} if method == "linear" else {"base_model": BASE}
+    doc = config(merge_method=method, models=entries, **base)
+    threads = torch.get_num_threads()
+    got = []
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(executor, "_merge_workers", lambda device, n=workers: n)
+        run(build_plan(parse_config(doc), None), tmp_path / f"w{workers}", seed=3)
+        assert torch.get_num_threads() == threads  # the workers' split is undone
+        got.append(sha256_tree(tmp_path / f"w{workers}"))
+    assert got[0] == got[1] == got[2]
+
+
 UNWRITABLE = Path("/proc/graft-test-out")  # procfs: no folder can be made there, even as root
 
 
