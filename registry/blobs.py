@@ -33,6 +33,7 @@ from graft.registry.decoded import DecodedChunks, Raw
 from graft.registry.direct import DirectWriter
 from graft.registry.errors import CorruptBlob
 from graft.registry.fsutil import fsync_dir
+from graft.registry.keys import hash_bytes
 from graft.registry.workdirs import WorkDirs
 
 if TYPE_CHECKING:
@@ -83,10 +84,6 @@ def _fill(fd: int, offset: int, view: memoryview) -> None:
         if not n:
             raise EOFError(f"{done} of {len(view)} bytes, then end of file")
         done += n
-
-
-def hash_bytes(data: bytes | memoryview) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
 
 
 class BlobStore:

@@ -14,14 +14,17 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
-from graft.registry.blobs import BlobStore
 from graft.registry.errors import GraftError, StoreError
 from graft.registry.fsutil import file_lock
 from graft.registry.manifest import Manifest
 from graft.registry.migrations import ADAPTER_TYPE, LATEST, MIGRATIONS
+
+if TYPE_CHECKING:
+    from graft.registry.blobs import BlobStore
 
 Connection = duckdb.DuckDBPyConnection
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from graft.registry.blobs import hash_bytes
+from graft.registry.keys import hash_bytes
 
 FORMAT_VERSION = 1
 KEY = re.compile(r"[0-9a-f]{32}")

@@ -16,11 +16,15 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from graft.registry.blobs import BlobStore, hash_bytes
 from graft.registry.fsutil import write_atomic
+from graft.registry.keys import hash_bytes
 from graft.registry.manifest import FileRecord, TensorRecord
 from graft.registry.workdirs import WorkDirs
+
+if TYPE_CHECKING:
+    from graft.registry.blobs import BlobStore
 
 RACY_SECONDS = 3
 

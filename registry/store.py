@@ -23,21 +23,23 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import platformdirs
+from typing import TYPE_CHECKING
 
 from graft.registry.amendments import Amendment, amendment_files, parse_amendment
 from graft.registry.amendments import apply as apply_amendments
-from graft.registry.blobs import BlobStore
 from graft.registry.catalog import Catalog, Connection, delete_artifacts, insert_manifests
 from graft.registry.errors import AmbiguousRef, ArtifactNotFound, StoreError
 from graft.registry.fsutil import file_lock, write_atomic
 from graft.registry.manifest import Manifest, parse_manifest
-from graft.registry.statcache import StatCache
 from graft.registry.workdirs import WorkDirs
+
+if TYPE_CHECKING:
+    from graft.registry.blobs import BlobStore
+    from graft.registry.statcache import StatCache
 
 MARKER = "graft-store.json"
 MARKER_CONTENT = {"graft_store": 1}
@@ -47,7 +49,11 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 def default_store_path() -> Path:
     """$GRAFT_STORE, else the per-user data folder (~/.local/share/graft on Linux)."""
     env = os.environ.get("GRAFT_STORE")
-    return Path(env) if env else Path(platformdirs.user_data_dir("graft"))
+    if env:
+        return Path(env)
+    import platformdirs  # not at the top: most users set GRAFT_STORE or pass --store
+
+    return Path(platformdirs.user_data_dir("graft"))
 
 
 class Store:
@@ -57,9 +63,12 @@ class Store:
         self.amendments_dir = root / "amendments"
         self.tmp_dir = root / "tmp"
         self.locks_dir = root / "locks"
+        self.blobs_dir = root / "blobs"
+        self.cache_dir = root / "cache"
         self.work = WorkDirs(self.tmp_dir)  # this process's temp folder, and the dead ones'
-        self.blobs = BlobStore(root / "blobs", self.work)
-        self.stat_cache = StatCache(root / "cache", self.work, self.blobs)
+        self._blobs: BlobStore | None = None
+        self._stat_cache: StatCache | None = None
+        self._lazy = threading.Lock()
         timeout = float(os.environ.get("GRAFT_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         self.lock_timeout = timeout
         self.catalog = Catalog(
@@ -77,15 +86,38 @@ class Store:
         _check_or_create(root)
         store = cls(root)
         for d in (
-            store.blobs.root,
+            store.blobs_dir,
             store.manifests_dir,
             store.amendments_dir,
             store.tmp_dir,
             store.locks_dir,
-            store.stat_cache.root,
+            store.cache_dir,
         ):
             d.mkdir(exist_ok=True)
         return store
+
+    # The blob store and the stat cache are made on first use: commands that
+    # only read the catalog (ls, show, log, sql) then start without their
+    # imports (hashing, codecs, thread pools: ~20 ms of a 220 ms `graft ls`).
+
+    @property
+    def blobs(self) -> BlobStore:
+        with self._lazy:  # one instance: it keeps the store's pending blobs
+            if self._blobs is None:
+                from graft.registry.blobs import BlobStore
+
+                self._blobs = BlobStore(self.blobs_dir, self.work)
+            return self._blobs
+
+    @property
+    def stat_cache(self) -> StatCache:
+        blobs = self.blobs
+        with self._lazy:
+            if self._stat_cache is None:
+                from graft.registry.statcache import StatCache
+
+                self._stat_cache = StatCache(self.cache_dir, self.work, blobs)
+            return self._stat_cache
 
     # -- manifests ---------------------------------------------------------
 

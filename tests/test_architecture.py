@@ -150,6 +150,24 @@ def test_reading_commands_load_no_heavy_module(tmp_path, args):
     assert done.stderr.strip().splitlines()[-1] == "[]"
 
 
+def test_listing_loads_neither_the_blob_store_nor_its_thread_pools(tmp_path):
+    """`graft ls` reads only the catalog: the blob store's hashing, codecs and
+    decoding threads (and the default store's platformdirs) stay unloaded."""
+    from tests.conftest import make_model
+
+    env = {**os.environ, "GRAFT_STORE": str(tmp_path / "store"), "GRAFT_REPACK": "off"}
+    graft = Path(sys.executable).parent / "graft"
+    subprocess.run([graft, "add", make_model(tmp_path / "base")], env=env, check=True)
+    unneeded = (*HEAVY, "graft.registry.blobs", "concurrent.futures", "platformdirs")
+    code = RUN_AND_LIST.format(heavy=unneeded)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "ls"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "base@1" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_an_unchanged_re_add_loads_only_what_it_needs(tmp_path):
     """A training loop re-adds after every save: besides the heavy modules, an
     unchanged re-add loads neither yaml (model cards), rich's tables (views),

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from graft.registry import Store
-from graft.registry.manifest import _canonical, content_id, hash_bytes
+from graft.registry.keys import hash_bytes
+from graft.registry.manifest import _canonical, content_id
 from graft.registry.objects import RemoteError
 from graft.registry.remotes import get_remote, open_objects
 from tests.conftest import SAMPLES, make_model
