@@ -282,7 +282,7 @@ def _execute(
 def _merge_workers(device: torch.device) -> int:
     """Tensors merged at once: one per core, up to two (each holds a tensor's
     inputs and fp32 work in memory); one on a GPU, whose kernels run async."""
-    return 1 if device.type != "cpu" else max(1, min(2, len(os.sched_getaffinity(0))))
+    return 1 if device.type != "cpu" else min(2, os.cpu_count() or 1)
 
 
 @contextmanager
