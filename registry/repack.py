@@ -113,7 +113,7 @@ def _repack(
 ) -> RepackResult:
     with store.pin_blobs():
         manifests = [store.resolve_ref(ref)] if ref else store.load_manifests()
-        tried = _TriedLog(store.stat_cache.root / KEPT_RAW)
+        tried = _TriedLog(store.cache_dir / KEPT_RAW)
         # What is raw now; references are chosen wave by wave, once the parents are done.
         waves, seen = [], set(tried.keys)
         for m in manifests:
@@ -171,7 +171,7 @@ def after_add(
     the store compacts as `mode` says, in the background by running the module
     `detached` (its main calls `run_requested`)."""
     if not compress:
-        tried = _TriedLog(store.stat_cache.root / KEPT_RAW)
+        tried = _TriedLog(store.cache_dir / KEPT_RAW)
         for _, t in manifest.tensors:
             tried.add(t.blob)
     if mode == "inline":
