@@ -152,13 +152,21 @@ def test_reading_commands_load_no_heavy_module(tmp_path, args):
 
 def test_listing_loads_neither_the_blob_store_nor_its_thread_pools(tmp_path):
     """`graft ls` reads only the catalog: the blob store's hashing, codecs and
-    decoding threads (and the default store's platformdirs) stay unloaded."""
+    decoding threads (and the default store's platformdirs) stay unloaded, and
+    so does rich's console when stdout is a pipe (plain text is printed)."""
     from tests.conftest import make_model
 
     env = {**os.environ, "GRAFT_STORE": str(tmp_path / "store"), "GRAFT_REPACK": "off"}
     graft = Path(sys.executable).parent / "graft"
     subprocess.run([graft, "add", make_model(tmp_path / "base")], env=env, check=True)
-    unneeded = (*HEAVY, "graft.registry.blobs", "concurrent.futures", "platformdirs")
+    unneeded = (
+        *HEAVY,
+        "graft.registry.blobs",
+        "concurrent.futures",
+        "platformdirs",
+        "rich.console",
+        "rich.table",
+    )
     code = RUN_AND_LIST.format(heavy=unneeded)
     done = subprocess.run(
         [sys.executable, "-c", code, "ls"], env=env, capture_output=True, text=True

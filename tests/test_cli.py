@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -95,6 +96,35 @@ def test_names_print_as_they_are(graft, tmp_path, name):
     graft("add", make_model(tmp_path / "m"), "--name", name)
     for command in ("ls", "show", "log"):
         assert f"{name}@1" in graft(command, *([name] if command != "ls" else [])).stdout
+
+
+def test_piped_tables_are_the_lines_rich_prints(graft, store_dir):
+    """Piped, `ls` and `sql` print plain aligned text without loading rich's
+    tables: the same lines as rich's borderless tables, trailing blanks aside."""
+    from rich.console import Console
+
+    from graft.registry import Store, list_artifacts
+    from graft.tui import artifact_views
+
+    def rich_lines(table: object) -> list[str]:
+        console = Console(width=400, file=io.StringIO(), record=True)
+        console.print(table)
+        return [line.rstrip() for line in console.export_text().splitlines()]
+
+    graft("demo")
+    store = Store.open(store_dir)
+    listed = graft("ls").stdout.splitlines()
+    assert listed == rich_lines(artifact_views.artifact_table(list_artifacts(store)))
+    assert len(listed) == 7 and listed[0].startswith("NAME ")
+    query = "SELECT name, version, method, n_tensors FROM artifacts ORDER BY name"
+    with store.catalog.reading() as con:
+        rows = con.execute(query).fetchall()
+    table = artifact_views.rows_table(["name", "version", "method", "n_tensors"], rows)
+    assert graft("sql", query).stdout.splitlines() == rich_lines(table)
+
+
+def test_a_piped_value_never_breaks_its_line(graft):
+    assert graft("sql", "SELECT 'a' || chr(10) || 'b' AS x, 1 AS y").stdout == "x     y\na\\nb  1\n"
 
 
 def test_show_tensors_lists_every_tensor(graft):

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from graft.tui.render import adapter_label, human_size, method_label
+from graft.tui.render import ARTIFACT_RIGHT, adapter_label, artifact_cells, human_size
 
 if TYPE_CHECKING:
     from graft.registry import ArtifactDetail, ArtifactRow, Manifest
@@ -29,23 +29,12 @@ def rows_table(columns: list[str], rows: list[tuple[Any, ...]]) -> Table:
 
 def artifact_table(rows: list[ArtifactRow]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    where = any(r.where != ["local"] for r in rows)  # only once a remote is fetched
-    columns = ("NAME", "KIND", "ID", "TENSORS", "SIZE", "METHOD", "PARENTS", "CREATED")
-    for column in (*columns, "WHERE") if where else columns:
-        table.add_column(column, justify="right" if column in ("TENSORS", "SIZE") else "left")
-    for r in rows:
-        cells = (
-            r.kind,
-            r.id[:12],
-            str(r.n_tensors),
-            human_size(r.size_bytes),
-            method_label(r.method, r.adapter_type),
-            ", ".join(r.parents),
-            r.created_at.replace("T", " ").removesuffix("Z"),
-            *([", ".join(r.where)] if where else []),
-        )
+    columns, cells = artifact_cells(rows)
+    for column in columns:
+        table.add_column(column, justify="right" if column in ARTIFACT_RIGHT else "left")
+    for r, row in zip(rows, cells, strict=True):
         # Text, not markup: a name like "sft[v2]" is shown as it is.
-        table.add_row(Text.assemble((r.name, "bold"), f"@{r.version}"), *map(Text, cells))
+        table.add_row(Text.assemble((r.name, "bold"), f"@{r.version}"), *map(Text, row[1:]))
     return table
 
 

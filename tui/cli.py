@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,14 +297,16 @@ def _key_value(text: str) -> tuple[str, str]:
 @with_store
 def ls(store: Store, name: str | None, kind: str | None, remote: str | None, as_json: bool) -> None:
     """List the artifacts in the store, and those fetched from remotes (WHERE)."""
-    from graft.tui import artifact_views
-
     if remote is not None:
         registry.get_remote(store, remote)  # an unknown one is an error, not an empty list
     rows = registry.list_artifacts(store, name=name, kind=kind, remote=remote)
     if as_json:
         render.print_json(rows)
+    elif rows and not render.stdout_is_terminal():
+        render.print_plain_table(*render.artifact_cells(rows), right=render.ARTIFACT_RIGHT)
     elif rows:
+        from graft.tui import artifact_views
+
         render.out.print(artifact_views.artifact_table(rows))
     elif remote is not None:
         render.err.print(f"nothing fetched from {remote}; run `graft fetch {remote}`")
@@ -791,12 +792,15 @@ def verify(store: Store, ref: str | None, as_json: bool) -> None:
 @with_store
 def sql(store: Store, query: str, as_json: bool) -> None:
     """Run a read-only SQL query on the catalog (tables and views in the README)."""
-    from graft.tui import artifact_views
-
     result = lineage.run_sql(store, query)
     if as_json:
         render.print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
+    elif not render.stdout_is_terminal():
+        cells = [["NULL" if v is None else str(v) for v in row] for row in result.rows]
+        render.print_plain_table(result.columns, cells)
     else:
+        from graft.tui import artifact_views
+
         render.out.print(artifact_views.rows_table(result.columns, result.rows))
 
 
@@ -969,6 +973,8 @@ def tui_(ctx: click.Context, demo: bool) -> None:
     if not demo:
         GraftApp(ctx.obj["store"]).run()
         return
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="graft-demo-") as scratch:
         store = Store.open(Path(scratch) / "store")
         render.err.print("graft: filling a demo store with the bundled samples…")

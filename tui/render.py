@@ -4,30 +4,82 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.filesize import decimal as human_size
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from graft.merge.results import MergeProgress
     from graft.registry import ArtifactRow
+
+    out: Console  # stdout
+    err: Console  # stderr
+
+
+def __getattr__(name: str) -> Console:
+    """`out` and `err`, built on first use: importing rich's console takes ~40 ms,
+    which `graft ls` piped into a script (plain text, below) never pays."""
+    if name == "out":
+        return stdout_console()
+    if name == "err":
+        return stderr_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Piped output keeps whole lines instead of squeezing tables to 80 columns. No
 # markup: names, paths and tensor names come from users' files and print as
 # they are ("x[/]" would otherwise be a markup error); styles are Text spans.
-out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 400)
-err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+@functools.cache
+def stdout_console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, markup=False, width=None if stdout_is_terminal() else 400)
+
+
+@functools.cache
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def print_plain_table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[str] = ()
+) -> None:
+    """Aligned columns two spaces apart, for stdout that is not a terminal: the
+    lines rich's borderless table prints there, without loading rich's tables."""
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        fitted = (
+            cell.rjust(w) if column in right else cell.ljust(w)
+            for column, cell, w in zip(columns, cells, widths, strict=True)
+        )
+        return "  ".join(fitted).rstrip()
+
+    sys.stdout.write("".join(line(cells) + "\n" for cells in (columns, *rows)))
 
 
 def error(message: str) -> None:
     """One red line on stderr; control characters in names are shown escaped."""
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    err.print(line, style="red")
+    stderr_console().print(printable(message), style="red")
+
+
+def printable(text: str) -> str:
+    """Control characters shown escaped: a name or a value never breaks a line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def print_json(obj: Any) -> None:
@@ -48,7 +100,8 @@ def to_plain(obj: Any) -> Any:
 @contextlib.contextmanager
 def progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A byte progress bar on stderr (only when stderr is a terminal)."""
-    if not err.is_terminal:  # a script's or a training job's add: no bar, and no rich.progress
+    # A script's or a training job's add: no bar, and no rich.progress.
+    if not stderr_console().is_terminal:
         yield lambda done, total: None
         return
     from rich.progress import (  # not at the top: commands that show no bar start faster
@@ -66,7 +119,7 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=stderr_console(),
         transient=True,
     )
     task = bar.add_task(description, total=None)
@@ -95,9 +148,9 @@ def tensor_progress(description: str) -> Iterator[Callable[[MergeProgress], None
         MofNCompleteColumn(),
         TextColumn("tensors {task.fields[rate]}"),
         TimeRemainingColumn(),
-        console=err,
+        console=stderr_console(),
         transient=True,
-        disable=not err.is_terminal,
+        disable=not stderr_console().is_terminal,
     )
     task = bar.add_task(description, total=None, rate="")
     started = time.monotonic()
@@ -118,6 +171,31 @@ def method_label(method: str | None, adapter_type: str | None) -> str:
     if method is None or method in adapter_type.split("+"):
         return adapter_type
     return f"{method} ({adapter_type})"
+
+
+ARTIFACT_COLUMNS = ("NAME", "KIND", "ID", "TENSORS", "SIZE", "METHOD", "PARENTS", "CREATED")
+ARTIFACT_RIGHT = frozenset({"TENSORS", "SIZE"})
+
+
+def artifact_cells(rows: Sequence[ArtifactRow]) -> tuple[list[str], list[list[str]]]:
+    """The columns of `graft ls` and each row's cells; WHERE once a remote is fetched."""
+    where = any(r.where != ["local"] for r in rows)
+    columns = [*ARTIFACT_COLUMNS, *(["WHERE"] if where else [])]
+    cells = [
+        [
+            f"{r.name}@{r.version}",
+            r.kind,
+            r.id[:12],
+            str(r.n_tensors),
+            human_size(r.size_bytes),
+            method_label(r.method, r.adapter_type),
+            ", ".join(r.parents),
+            r.created_at.replace("T", " ").removesuffix("Z"),
+            *([", ".join(r.where)] if where else []),
+        ]
+        for r in rows
+    ]
+    return columns, cells
 
 
 def made_by(row: ArtifactRow) -> set[str]:
