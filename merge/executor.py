@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,7 +189,8 @@ def _execute(
     on_progress: Callable[[MergeProgress], None] | None,
     should_cancel: Callable[[], bool] | None,
 ) -> Written:
-    planned = [PlannedTensor(t.name, t.dtype, t.shape, t.nbytes) for t in plan.tasks]
+    tasks = largest_first(plan.tasks)
+    planned = [PlannedTensor(t.name, t.dtype, t.shape, t.nbytes) for t in tasks]
     writer = ShardWriter(work, planned, shard_size, lineage_metadata(plan))
     touched: list[str] = []
     done_bytes = 0
@@ -232,13 +233,13 @@ def _execute(
 
     # Three stages overlap: the reader loads the next tensor, `workers` threads
     # merge as many tensors at once, and the writer writes the last one merged
-    # (outputs go out in plan order).
+    # (outputs go out in the order they were queued in).
     workers = _merge_workers(device)
     reader = ThreadPoolExecutor(1, thread_name_prefix="graft-read")
     merging = ThreadPoolExecutor(workers, thread_name_prefix="graft-merge")
     writing = ThreadPoolExecutor(1, thread_name_prefix="graft-write")
     queued: deque[tuple[TensorTask, Future[tuple[torch.Tensor, bool, Loaded]]]] = deque()
-    upcoming = iter(plan.tasks)
+    upcoming = iter(tasks)
 
     def queue_next() -> None:
         task = next(upcoming, None)
@@ -251,7 +252,7 @@ def _execute(
         with _intra_op_threads(workers):
             for _ in range(workers + 1):
                 queue_next()
-            count = len(plan.tasks)
+            count = len(tasks)
             for done in range(1, count + 1):
                 if should_cancel and should_cancel():
                     raise MergeCancelled("merge cancelled", "nothing was written to the output")
@@ -271,12 +272,22 @@ def _execute(
                     on_progress(MergeProgress(done, count, done_bytes, plan.total_bytes, task.name))
             if written is not None:
                 written.result()
+        changed_names = set(touched)
+        touched = [t.name for t in plan.tasks if t.name in changed_names]  # in the plan's order
         writer.finish({"graft.touched": json.dumps(touched)})
     finally:
         for threads in (reader, merging, writing):  # a cancelled load ends its merge
             threads.shutdown(wait=True, cancel_futures=True)
         writer.close()
     return Written(writer.files, len(plan.tasks), plan.total_bytes, touched, companion_files(plan))
+
+
+def largest_first(tasks: Sequence[TensorTask]) -> list[TensorTask]:
+    """The order to merge and write tensors in: largest first, else the plan's.
+    In the plan's order a model's lm_head came last and kept one core busy for
+    1-1.4 s at the end of a 9 s merge while the other had nothing left to do;
+    largest first, the workers run out of work together, on small tensors."""
+    return sorted(tasks, key=lambda t: t.nbytes, reverse=True)  # stable: ties keep their order
 
 
 def _merge_workers(device: torch.device) -> int:

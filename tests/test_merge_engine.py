@@ -346,6 +346,31 @@ def test_merges_are_byte_identical_whatever_the_number_of_merge_workers(
     assert got[0] == got[1] == got[2]
 
 
+def test_tensors_are_written_largest_first_and_touched_listed_in_plan_order(
+    tmp_path: Path,
+) -> None:
+    """The largest tensors are merged (and written) first, so that the merge
+    workers run out of work together; ties keep the plan's order."""
+    doc = config(
+        merge_method="task_arithmetic",
+        base_model=BASE,
+        models=[{"model": SFT, "parameters": {"weight": 0.7}}],
+    )
+    plan = build_plan(parse_config(doc), None)
+    result = run(plan, tmp_path / "out")
+    raw = (tmp_path / "out" / "model.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    meta = header.pop("__metadata__")
+    written = sorted(header, key=lambda name: header[name]["data_offsets"][0])
+    sizes = {t.name: t.nbytes for t in plan.tasks}
+    plan_order = [t.name for t in plan.tasks]
+    assert written == sorted(plan_order, key=lambda n: (-sizes[n], plan_order.index(n)))
+    assert written != plan_order  # the samples' plan does not start with its largest
+    touched = json.loads(meta["graft.touched"])
+    assert touched == [n for n in plan_order if n in touched] == list(result.touched)
+    assert 0 < len(touched) < len(plan_order)
+
+
 UNWRITABLE = Path("/proc/graft-test-out")  # procfs: no folder can be made there, even as root
 
 
