@@ -16,12 +16,15 @@ same run on the same disk:
   against the same merge read from the raw folders;
 * the peak RSS of each graft command (`/usr/bin/time -v`).
 
-The models are generated (benchmarks/merge_vs_mergekit.py): a Llama-shaped
-bf16 base drawn from N(0, 0.02) and fine-tunes that add N(0, 0.0004) to it,
-about 2% relative change. Only times are meaningful here; what compaction
-saves on real optimizer output is measured by bench_storage.py.
+The models are real optimizer output, not noise (whose bits decode, and
+compress, nothing like a fine-tune's): a Llama-shaped bf16 base as
+transformers initializes it, and two fine-tunes of it, FT_STEPS AdamW steps
+each on the bytes of Python's standard library, on the CPU (~10 GB of RAM
+and a few minutes; `--models DIR` keeps them for the next run). The base is
+untrained, so what compaction saves on a trained one is measured by
+bench_storage.py.
 
-    .venv/bin/python benchmarks/bench_finetune.py [--size-mb 1024] [--rounds 3]
+    .venv/bin/python benchmarks/bench_finetune.py [--size-mb 1024] [--rounds 3] [--models DIR]
 """
 
 from __future__ import annotations
@@ -32,17 +35,20 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from bench_add import MB, peak_rss_mb, sync, touch_memory, warm_cache
+from bench_add import MB, choose_shape, peak_rss_mb, sync, touch_memory, warm_cache
 from common import cache_bytecode, graft_command, log, machine_line, print_table
-from merge_vs_mergekit import generate_models
 
-DELTA_STD = 0.0004  # 2% of the base's N(0, 0.02)
+REPO = Path(__file__).resolve().parent.parent
+FT_STEPS = 10  # AdamW steps of each fine-tune: a median matrix moves ~2% (printed)
+FT_LR = 4e-5
+SEED = 4321
 GOALS = {"add": 1.25, "readd": 0.33, "repack": 1.0, "export": 1.5, "merge": 1.15}
 GOAL_RSS_MB = 400
 
@@ -53,6 +59,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--graft")
+    ap.add_argument("--models", type=Path, help="Train the models here, or reuse them.")
     args = ap.parse_args()
     graft = graft_command(args.graft)
     work = Path(tempfile.mkdtemp(prefix="graft-bench-ft-", dir=args.workdir))
@@ -61,14 +68,60 @@ def main() -> None:
     touch_memory(16)
     cache_bytecode()
     try:
-        bench(work, args.size_mb * MB, args.rounds, graft)
+        models = train_models(args.models or work / "models", args.size_mb * MB)
+        bench(work, models, args.rounds, graft)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def bench(work: Path, target: int, rounds: int, graft: list[str]) -> None:
-    models = generate_models(work / "models", target, delta_std=DELTA_STD)
-    base, ft, ft2 = models.base, models.finetunes[0], models.finetunes[1]
+def train_models(folder: Path, target: int) -> tuple[Path, Path, Path]:
+    """base, ft and ft2 in `folder`, trained there unless a finished set is."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(REPO))
+    from tests.training import save_model, stdlib_bytes, train_steps
+
+    shape = choose_shape(target)
+    models = base, ft, ft2 = folder / "base", folder / "ft", folder / "ft2"
+    marker, made = folder / ".complete", {**shape.config(), "steps": FT_STEPS, "lr": FT_LR}
+    if marker.is_file() and json.loads(marker.read_text()) == made:
+        log(f"reusing the models in {folder}")
+        return models
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(SEED)
+    described = ("architectures", "model_type", "torch_dtype")
+    config = {k: v for k, v in shape.config().items() if k not in described}
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    log(f"training two fine-tunes of a {shape.nbytes() / MB:.0f} MB model on the CPU")
+    start = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    model.load_state_dict(start)  # the fine-tunes start from the base's bf16 values exactly
+    save_model(model, base, torch.bfloat16)
+    data = stdlib_bytes()
+    for out, seed in ((ft, 1), (ft2, 2)):
+        model.load_state_dict(start)
+        for step, loss in train_steps(model, data, FT_STEPS, FT_LR, seed, batch=4):
+            log(f"{out.name} step {step}: loss {loss:.3f}")
+        save_model(model, out, torch.bfloat16)
+    marker.write_text(json.dumps(made))
+    return models
+
+
+def relative_change(a: Path, b: Path) -> float:
+    """Median over matrices of ‖B − A‖ / ‖A‖: how far a fine-tune moved."""
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(p / "model.safetensors") for p in (a, b))
+    return statistics.median(
+        float((tb[k].float() - ta[k].float()).norm() / ta[k].float().norm())
+        for k in ta
+        if ta[k].dim() == 2
+    )
+
+
+def bench(work: Path, models: tuple[Path, Path, Path], rounds: int, graft: list[str]) -> None:
+    base, ft, ft2 = models
+    drift = relative_change(base, ft)
     files = [f for d in (base, ft) for f in sorted(d.iterdir())]
     raw = sum(f.stat().st_size for f in files)
 
@@ -212,9 +265,9 @@ def bench(work: Path, target: int, rounds: int, graft: list[str]) -> None:
         ]
 
     print(
-        f"graft on a {raw / 2 / MB:.0f} MB bf16 base and a fine-tune of it (generated; "
-        f"~2% relative change); median of {rounds} interleaved rounds, warm page cache, "
-        f"untimed sync before each run"
+        f"graft on a {raw / 2 / MB:.0f} MB bf16 base and a fine-tune of it ({FT_STEPS} AdamW "
+        f"steps at lr {FT_LR:g} on real text; a median matrix moved {drift:.1%}); median of "
+        f"{rounds} interleaved rounds, warm page cache, untimed sync before each run"
     )
     print_table(
         ["what", "graft s", "baseline s", "ratio", "goal", "result"],
@@ -230,7 +283,7 @@ def bench(work: Path, target: int, rounds: int, graft: list[str]) -> None:
     )
     print(
         f"stored / raw of the compacted store (base + 2 fine-tunes): "
-        f"{du['stored_bytes'] / du['raw_bytes']:.3f} (synthetic deltas; see bench_storage.py)"
+        f"{du['stored_bytes'] / du['raw_bytes']:.3f} (an untrained base; see bench_storage.py)"
     )
     print(
         "peak RSS: "

@@ -23,21 +23,23 @@ def stdlib_bytes(limit: int = 2_000_000) -> torch.Tensor:
     return torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
 
 
-def _train(model: LlamaForCausalLM, data: torch.Tensor, steps: int, lr: float, seed: int):
-    """Yield (step, loss) after each AdamW step on random windows of `data`."""
+def train_steps(
+    model: LlamaForCausalLM, data: torch.Tensor, steps: int, lr: float, seed: int, batch: int = 8
+):
+    """Yield (step, loss) after each AdamW step on `batch` random windows of `data`."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for step in range(1, steps + 1):
-        starts = torch.randint(0, len(data) - 65, (8,), generator=g)
-        batch = torch.stack([data[s : s + 65] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
+        starts = torch.randint(0, len(data) - 65, (batch,), generator=g)
+        windows = torch.stack([data[s : s + 65] for s in starts])
+        loss = model(input_ids=windows, labels=windows).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
         yield step, loss.item()
 
 
-def _save(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> None:
+def save_model(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> None:
     folder.mkdir(parents=True)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, folder / "model.safetensors")
@@ -71,18 +73,18 @@ def make_run(
     )
     model = LlamaForCausalLM(config)
     data = stdlib_bytes()
-    for _ in _train(model, data, pretrain_steps, 2e-3, seed=0):
+    for _ in train_steps(model, data, pretrain_steps, 2e-3, seed=0):
         pass
-    _save(model, out / "base", dtype)
+    save_model(model, out / "base", dtype)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     history = []
-    for step, loss in _train(model, data, checkpoints * every, lr, seed=1):
+    for step, loss in train_steps(model, data, checkpoints * every, lr, seed=1):
         history.append({"step": step, "loss": round(loss, 4)})
         if step % every == 0:
-            _save(model, out / f"checkpoint-{step}", dtype)
+            save_model(model, out / f"checkpoint-{step}", dtype)
             state = {"global_step": step, "log_history": history}
             (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
     model.load_state_dict(base_state)
-    for _ in _train(model, data, every, lr, seed=2):
+    for _ in train_steps(model, data, every, lr, seed=2):
         pass
-    _save(model, out / "other", dtype)
+    save_model(model, out / "other", dtype)
