@@ -47,7 +47,7 @@ from common import cache_bytecode, graft_command, log, machine_line, print_table
 
 REPO = Path(__file__).resolve().parent.parent
 FT_STEPS = 10  # AdamW steps of each fine-tune: a median matrix moves ~2% (printed)
-FT_LR = 4e-5
+FT_LR = 1e-4
 SEED = 4321
 GOALS = {"add": 1.25, "readd": 0.33, "repack": 1.0, "export": 1.5, "merge": 1.15}
 GOAL_RSS_MB = 400
