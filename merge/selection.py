@@ -1,7 +1,8 @@
 """Exact selection of the k-th of many values (TIES and SCE thresholds, Arcee
-Fusion's quantiles): two radix passes over the values' fp32 bit patterns when
-they stream in spans (64 K counters of memory, whatever the tensor's size), and
-a sample-bracketed partition when they fit in memory."""
+Fusion's quantiles): radix passes over the values' fp32 bit patterns when they
+stream in spans (one pass, or two when the first guessed wrong; a few hundred K
+counters of memory, whatever the tensor's size), and a sample-bracketed
+partition when they fit in memory."""
 
 from __future__ import annotations
 
@@ -28,27 +29,68 @@ class Rank:
     equal: int
 
 
+# High-16-bit bins, around where the first span puts the k-th, whose low 16 bits
+# the first radix pass counts too (64 K counters each).
+WINDOW = 4
+
+
 def kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int, n: int) -> Rank:
-    """Exact selection by two radix histograms (high, then low 16 bits) over
-    the spans' values: two streaming passes, 64 K counters of memory."""
-    high = None
+    """Exact selection by radix histograms over the spans' values: the high 16
+    bits of every value, then the low 16 bits of those in the k-th's high bin.
+    The first pass also counts the low bits of bin 0 (values of 0: most of a
+    tensor a fine-tune left alone, an embedding's unseen tokens) and of WINDOW
+    bins around where the first span puts the k-th; only when the k-th's bin is
+    none of them does a second pass count its low bits. A pass of a streamed
+    tensor costs reading (and, from the store, decoding) every input again."""
+    high = zero_low = window_low = None
+    first = 0  # the window's first bin
     for values in spans():
-        counts = torch.bincount(bits_of(values) >> 16, minlength=1 << 16)
-        high = counts if high is None else high + counts
-    assert high is not None
+        bits = bits_of(values).reshape(-1)
+        if high is None:
+            first = _guess_bin(bits, k, n) - WINDOW // 2
+        high = _plus(high, torch.bincount(bits >> 16, minlength=1 << 16))
+        # every value of bin 0 is its own low bits; the others count at 1 << 16
+        zeros = torch.bincount(bits.clamp(max=1 << 16), minlength=(1 << 16) + 1)
+        zero_low = _plus(zero_low, zeros)
+        # the window's low bits at 1.., those below it at 0, above it at the end
+        inside = (bits - (first << 16)).clamp_(-1, WINDOW << 16).add_(1)
+        window_low = _plus(window_low, torch.bincount(inside, minlength=(WINDOW << 16) + 2))
+    assert high is not None and zero_low is not None and window_low is not None
     from_top = suffix_sums(high)  # values in bins ≥ b
     bin_ = int(torch.nonzero(from_top >= k).max())
     above_bin = int(from_top[bin_ + 1]) if bin_ + 1 < from_top.numel() else 0
-    low = None
-    for values in spans():
-        bits = bits_of(values)
-        counts = torch.bincount(bits[(bits >> 16) == bin_] & 0xFFFF, minlength=1 << 16)
-        low = counts if low is None else low + counts
-    assert low is not None
+    if bin_ == 0:
+        low = zero_low[: 1 << 16]
+    elif 0 <= bin_ - first < WINDOW:
+        start = 1 + ((bin_ - first) << 16)
+        low = window_low[start : start + (1 << 16)]
+    else:
+        low = _low_counts(spans, bin_)
     from_top = suffix_sums(low)
     lo = int(torch.nonzero(from_top >= k - above_bin).max())
     above = above_bin + (int(from_top[lo + 1]) if lo + 1 < from_top.numel() else 0)
     return Rank((bin_ << 16) | lo, above, int(low[lo]))
+
+
+def _guess_bin(bits: torch.Tensor, k: int, n: int) -> int:
+    """The high bin of the first span's value ranked as the k-th of n would be."""
+    m = bits.numel()
+    j = min(m, max(1, round(k * m / n)))  # j-th largest of m
+    return int(torch.kthvalue(bits, m - j + 1).values) >> 16
+
+
+def _low_counts(spans: Callable[[], Iterator[torch.Tensor]], bin_: int) -> torch.Tensor:
+    """The low 16 bits of the spans' values in high bin `bin_`, counted."""
+    low = None
+    for values in spans():
+        bits = bits_of(values)
+        low = _plus(low, torch.bincount(bits[(bits >> 16) == bin_] & 0xFFFF, minlength=1 << 16))
+    assert low is not None
+    return low
+
+
+def _plus(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
+    return counts if total is None else total.add_(counts)
 
 
 SAMPLE = 1 << 16  # values sampled to bracket the k-th

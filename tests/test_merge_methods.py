@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -718,6 +719,43 @@ def test_radix_selection_equals_kthvalue(kind: str) -> None:
         assert rank.bits == int(expected.view(torch.int32)), k
         assert rank.above == int((values > expected).sum())
         assert rank.equal == int((values == expected).sum())
+
+
+@pytest.mark.parametrize(
+    ("case", "passes"),
+    [("smooth", 1), ("mostly zeros", 1), ("first span unlike the rest", 2)],
+)
+def test_radix_selection_takes_a_second_pass_only_when_its_guess_missed(
+    case: str, passes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pass counts the low bits of bin 0 and of a few bins around the
+    first span's guess: a smooth tensor, or one mostly of zeros, needs no second
+    pass; a first span unlike the rest does, and the result is exact either way."""
+    from graft.merge import selection
+
+    n = 64 * 1021
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(n, generator=g).abs()
+    if case == "mostly zeros":
+        values[n // 16 :] = 0  # the first span is all non-zero
+    elif case == "first span unlike the rest":
+        values[:1021] *= 1000
+    spans = [values[i : i + 1021] for i in range(0, n, 1021)]
+    read = []
+
+    def pass_over() -> Iterator[torch.Tensor]:
+        read.append(1)
+        return iter(spans)
+
+    k = n // 2
+    rank = selection.kth_largest(pass_over, k, n)
+    expected = torch.kthvalue(values, n - k + 1).values
+    assert rank.bits == int(expected.view(torch.int32))
+    assert (rank.above, rank.equal) == (
+        int((values > expected).sum()),
+        int((values == expected).sum()),
+    )
+    assert len(read) == passes
 
 
 @pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties", "finetune"])
