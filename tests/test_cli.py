@@ -98,7 +98,7 @@ def test_names_print_as_they_are(graft, tmp_path, name):
         assert f"{name}@1" in graft(command, *([name] if command != "ls" else [])).stdout
 
 
-def test_piped_tables_are_the_lines_rich_prints(graft, store_dir):
+def test_piped_tables_are_the_lines_rich_prints(graft, store_dir, tmp_path):
     """Piped, `ls` and `sql` print plain aligned text without loading rich's
     tables: the same lines as rich's borderless tables, trailing blanks aside."""
     from rich.console import Console
@@ -112,10 +112,11 @@ def test_piped_tables_are_the_lines_rich_prints(graft, store_dir):
         return [line.rstrip() for line in console.export_text().splitlines()]
 
     graft("demo")
+    graft("add", make_model(tmp_path / "m"), "--name", "模型-sft")  # two columns a character
     store = Store.open(store_dir)
     listed = graft("ls").stdout.splitlines()
     assert listed == rich_lines(artifact_views.artifact_table(list_artifacts(store)))
-    assert len(listed) == 7 and listed[0].startswith("NAME ")
+    assert len(listed) == 8 and listed[0].startswith("NAME ")
     query = "SELECT name, version, method, n_tensors FROM artifacts ORDER BY name"
     with store.catalog.reading() as con:
         rows = con.execute(query).fetchall()

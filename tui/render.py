@@ -59,14 +59,18 @@ def print_plain_table(
 ) -> None:
     """Aligned columns two spaces apart, for stdout that is not a terminal: the
     lines rich's borderless table prints there, without loading rich's tables."""
+    from rich.cells import cell_len  # display width: a CJK character takes two columns
+
     rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+    widths = [
+        max([cell_len(c), *(cell_len(row[i]) for row in rows)]) for i, c in enumerate(columns)
+    ]
 
     def line(cells: Sequence[str]) -> str:
-        fitted = (
-            cell.rjust(w) if column in right else cell.ljust(w)
-            for column, cell, w in zip(columns, cells, widths, strict=True)
-        )
+        fitted = []
+        for column, cell, width in zip(columns, cells, widths, strict=True):
+            pad = " " * (width - cell_len(cell))
+            fitted.append(pad + cell if column in right else cell + pad)
         return "  ".join(fitted).rstrip()
 
     sys.stdout.write("".join(line(cells) + "\n" for cells in (columns, *rows)))
