@@ -48,6 +48,7 @@ from common import cache_bytecode, graft_command, log, machine_line, print_table
 REPO = Path(__file__).resolve().parent.parent
 FT_STEPS = 10  # AdamW steps of each fine-tune: a median matrix moves ~2% (printed)
 FT_LR = 1e-4
+BATCH = 4  # windows of 65 bytes a step
 SEED = 4321
 GOALS = {"add": 1.25, "readd": 0.33, "repack": 1.0, "export": 1.5, "merge": 1.15}
 GOAL_RSS_MB = 400
@@ -84,11 +85,14 @@ def train_models(folder: Path, target: int) -> tuple[Path, Path, Path]:
 
     shape = choose_shape(target)
     models = base, ft, ft2 = folder / "base", folder / "ft", folder / "ft2"
-    marker, made = folder / ".complete", {**shape.config(), "steps": FT_STEPS, "lr": FT_LR}
+    made = {**shape.config(), "steps": FT_STEPS, "lr": FT_LR, "batch": BATCH, "seed": SEED}
+    marker = folder / ".complete"
     if marker.is_file() and json.loads(marker.read_text()) == made:
         log(f"reusing the models in {folder}")
         return models
-    shutil.rmtree(folder, ignore_errors=True)
+    marker.unlink(missing_ok=True)
+    for model in models:  # only what this function writes: --models may name any folder
+        shutil.rmtree(model, ignore_errors=True)
     torch.manual_seed(SEED)
     described = ("architectures", "model_type", "torch_dtype")
     config = {k: v for k, v in shape.config().items() if k not in described}
@@ -100,7 +104,7 @@ def train_models(folder: Path, target: int) -> tuple[Path, Path, Path]:
     data = stdlib_bytes()
     for out, seed in ((ft, 1), (ft2, 2)):
         model.load_state_dict(start)
-        for step, loss in train_steps(model, data, FT_STEPS, FT_LR, seed, batch=4):
+        for step, loss in train_steps(model, data, FT_STEPS, FT_LR, seed, batch=BATCH):
             log(f"{out.name} step {step}: loss {loss:.3f}")
         save_model(model, out, torch.bfloat16)
     marker.write_text(json.dumps(made))

@@ -284,9 +284,10 @@ def _execute(
 
 def largest_first(tasks: Sequence[TensorTask]) -> list[TensorTask]:
     """The order to merge and write tensors in: largest first, else the plan's.
-    In the plan's order a model's lm_head came last and kept one core busy for
-    1-1.4 s at the end of a 9 s merge while the other had nothing left to do;
-    largest first, the workers run out of work together, on small tensors."""
+    A large tensor merged last (a model's LM head) keeps one worker busy while
+    the others have nothing left to do; largest first, they run out of work
+    together, on small tensors. Sharded outputs hold the largest in their first
+    shards."""
     return sorted(tasks, key=lambda t: t.nbytes, reverse=True)  # stable: ties keep their order
 
 

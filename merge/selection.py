@@ -75,6 +75,8 @@ def kth_largest(spans: Callable[[], Iterator[torch.Tensor]], k: int, n: int) -> 
 def _guess_bin(bits: torch.Tensor, k: int, n: int) -> int:
     """The high bin of the first span's value ranked as the k-th of n would be."""
     m = bits.numel()
+    if m == 0:
+        return 0
     j = min(m, max(1, round(k * m / n)))  # j-th largest of m
     return int(torch.kthvalue(bits, m - j + 1).values) >> 16
 

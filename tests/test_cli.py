@@ -126,6 +126,25 @@ def test_piped_tables_are_the_lines_rich_prints(graft, store_dir, tmp_path):
 
 def test_a_piped_value_never_breaks_its_line(graft):
     assert graft("sql", "SELECT 'a' || chr(10) || 'b' AS x, 1 AS y").stdout == "x     y\na\\nb  1\n"
+    assert graft("sql", 'SELECT 1 AS "a\nb"').stdout == "a\\nb\n1\n"
+
+
+def test_a_reader_that_leaves_early_gets_no_error(tmp_path):
+    """`graft sql … | head`: the pipe closes while graft writes; it stops quietly."""
+    env = {"PATH": os.environ["PATH"], "GRAFT_STORE": str(tmp_path / "s")}
+    query = "SELECT i, repeat('x', 50) AS s FROM range(300000) t(i)"
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'"$0" sql "{query}" | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}',
+            GRAFT,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 def test_show_tensors_lists_every_tensor(graft):

@@ -721,41 +721,60 @@ def test_radix_selection_equals_kthvalue(kind: str) -> None:
         assert rank.equal == int((values == expected).sum())
 
 
+def _ranked_with_passes(values: torch.Tensor, k: int, span: int = 1021) -> int:
+    """Runs kth_largest on `values` in spans, checks its rank, returns its passes."""
+    from graft.merge import selection
+
+    n = values.numel()
+    spans = [values[i : i + span] for i in range(0, n, span)]
+    passes = []
+
+    def pass_over() -> Iterator[torch.Tensor]:
+        passes.append(1)
+        return iter(spans)
+
+    rank = selection.kth_largest(pass_over, k, n)
+    expected = torch.kthvalue(values, n - k + 1).values
+    assert rank.bits == int(expected.view(torch.int32))
+    assert rank.above == int((values > expected).sum())
+    assert rank.equal == int((values == expected).sum())
+    return len(passes)
+
+
 @pytest.mark.parametrize(
     ("case", "passes"),
     [("smooth", 1), ("mostly zeros", 1), ("first span unlike the rest", 2)],
 )
 def test_radix_selection_takes_a_second_pass_only_when_its_guess_missed(
-    case: str, passes: int, monkeypatch: pytest.MonkeyPatch
+    case: str, passes: int
 ) -> None:
     """The first pass counts the low bits of bin 0 and of a few bins around the
     first span's guess: a smooth tensor, or one mostly of zeros, needs no second
     pass; a first span unlike the rest does, and the result is exact either way."""
-    from graft.merge import selection
-
     n = 64 * 1021
-    g = torch.Generator().manual_seed(3)
-    values = torch.randn(n, generator=g).abs()
+    values = torch.randn(n, generator=torch.Generator().manual_seed(3)).abs()
     if case == "mostly zeros":
         values[n // 16 :] = 0  # the first span is all non-zero
     elif case == "first span unlike the rest":
         values[:1021] *= 1000
-    spans = [values[i : i + 1021] for i in range(0, n, 1021)]
-    read = []
+    assert _ranked_with_passes(values, n // 2) == passes
 
-    def pass_over() -> Iterator[torch.Tensor]:
-        read.append(1)
-        return iter(spans)
 
-    k = n // 2
-    rank = selection.kth_largest(pass_over, k, n)
-    expected = torch.kthvalue(values, n - k + 1).values
-    assert rank.bits == int(expected.view(torch.int32))
-    assert (rank.above, rank.equal) == (
-        int((values > expected).sum()),
-        int((values == expected).sum()),
-    )
-    assert len(read) == passes
+def test_radix_selection_counts_every_bin_of_its_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the guess pinned at each bin around the k-th's (and at bins 0 and 1,
+    where the window starts below bin 0), the k-th is found in one pass exactly
+    when its bin lies in the window, and is exact every time."""
+    from graft.merge import selection
+
+    n = 32 * 1021
+    values = torch.randn(n, generator=torch.Generator().manual_seed(4)).abs() + 1.0
+    k = n // 3
+    target = int(torch.kthvalue(values, n - k + 1).values.view(torch.int32)) >> 16
+    for guess in [*range(target - 4, target + 5), 0, 1]:
+        monkeypatch.setattr(selection, "_guess_bin", lambda bits, k, n, g=guess: g)
+        first = guess - selection.WINDOW // 2
+        inside = first <= target < first + selection.WINDOW
+        assert _ranked_with_passes(values, k) == (1 if inside else 2), guess
 
 
 @pytest.mark.parametrize("kind", ["normal", "few values", "constant", "zeros and ties", "finetune"])

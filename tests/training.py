@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ def stdlib_bytes(limit: int = 2_000_000) -> torch.Tensor:
 
 def train_steps(
     model: LlamaForCausalLM, data: torch.Tensor, steps: int, lr: float, seed: int, batch: int = 8
-):
+) -> Iterator[tuple[int, float]]:
     """Yield (step, loss) after each AdamW step on `batch` random windows of `data`."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

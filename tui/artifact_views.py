@@ -12,7 +12,13 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from graft.tui.render import ARTIFACT_RIGHT, adapter_label, artifact_cells, human_size
+from graft.tui.render import (
+    ARTIFACT_RIGHT,
+    adapter_label,
+    artifact_cells,
+    human_size,
+    sql_cells,
+)
 
 if TYPE_CHECKING:
     from graft.registry import ArtifactDetail, ArtifactRow, Manifest
@@ -22,8 +28,8 @@ def rows_table(columns: list[str], rows: list[tuple[Any, ...]]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    for cells in sql_cells(rows):
+        table.add_row(*cells)
     return table
 
 
@@ -33,7 +39,8 @@ def artifact_table(rows: list[ArtifactRow]) -> Table:
     for column in columns:
         table.add_column(column, justify="right" if column in ARTIFACT_RIGHT else "left")
     for r, row in zip(rows, cells, strict=True):
-        # Text, not markup: a name like "sft[v2]" is shown as it is.
+        # Text, not markup: a name like "sft[v2]" is shown as it is. The first
+        # cell is NAME@N, with the name in bold here.
         table.add_row(Text.assemble((r.name, "bold"), f"@{r.version}"), *map(Text, row[1:]))
     return table
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,11 @@ class GraftGroup(click.Group):
         except KeyboardInterrupt:
             render.err.print("graft: interrupted")
             ctx.exit(ExitCode.INTERRUPTED)
+        except BrokenPipeError:
+            # The reader left (`| head`): say nothing, as rich does, and point
+            # stdout at devnull so that the interpreter's last flush fails no more.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(ExitCode.ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
@@ -796,8 +803,7 @@ def sql(store: Store, query: str, as_json: bool) -> None:
     if as_json:
         render.print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
     elif not render.stdout_is_terminal():
-        cells = [["NULL" if v is None else str(v) for v in row] for row in result.rows]
-        render.print_plain_table(result.columns, cells)
+        render.print_plain_table(result.columns, render.sql_cells(result.rows))
     else:
         from graft.tui import artifact_views
 
@@ -973,8 +979,6 @@ def tui_(ctx: click.Context, demo: bool) -> None:
     if not demo:
         GraftApp(ctx.obj["store"]).run()
         return
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="graft-demo-") as scratch:
         store = Store.open(Path(scratch) / "store")
         render.err.print("graft: filling a demo store with the bundled samples…")

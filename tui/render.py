@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -40,7 +41,7 @@ def __getattr__(name: str) -> Console:
 def stdout_console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, markup=False, width=None if stdout_is_terminal() else 400)
+    return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 400)
 
 
 @functools.cache
@@ -51,7 +52,9 @@ def stderr_console() -> Console:
 
 
 def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
+    """Whether stdout gets rich's styled tables: a terminal, or FORCE_COLOR set
+    (`graft ls | less -R`), as rich itself decides."""
+    return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
 
 
 def print_plain_table(
@@ -61,6 +64,7 @@ def print_plain_table(
     lines rich's borderless table prints there, without loading rich's tables."""
     from rich.cells import cell_len  # display width: a CJK character takes two columns
 
+    columns = [printable(c) for c in columns]
     rows = [[printable(cell) for cell in row] for row in rows]
     widths = [
         max([cell_len(c), *(cell_len(row[i]) for row in rows)]) for i, c in enumerate(columns)
@@ -200,6 +204,11 @@ def artifact_cells(rows: Sequence[ArtifactRow]) -> tuple[list[str], list[list[st
         for r in rows
     ]
     return columns, cells
+
+
+def sql_cells(rows: Sequence[Sequence[object]]) -> list[list[str]]:
+    """A query's rows as text, NULL shown as such."""
+    return [["NULL" if v is None else str(v) for v in row] for row in rows]
 
 
 def made_by(row: ArtifactRow) -> set[str]:
