@@ -45,7 +45,9 @@ import yaml
 from bench_add import MB, choose_shape, peak_rss_mb, sync, touch_memory, warm_cache
 from common import cache_bytecode, graft_command, log, machine_line, print_table
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.training import relative_change, save_model, stdlib_bytes, train_steps
+
 FT_STEPS = 10  # AdamW steps of each fine-tune: a median matrix moves ~2% (printed)
 FT_LR = 1e-4
 BATCH = 4  # windows of 65 bytes a step
@@ -80,9 +82,6 @@ def train_models(folder: Path, target: int) -> tuple[Path, Path, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(REPO))
-    from tests.training import save_model, stdlib_bytes, train_steps
-
     shape = choose_shape(target)
     models = base, ft, ft2 = folder / "base", folder / "ft", folder / "ft2"
     made = {**shape.config(), "steps": FT_STEPS, "lr": FT_LR, "batch": BATCH, "seed": SEED}
@@ -109,18 +108,6 @@ def train_models(folder: Path, target: int) -> tuple[Path, Path, Path]:
         save_model(model, out, torch.bfloat16)
     marker.write_text(json.dumps(made))
     return models
-
-
-def relative_change(a: Path, b: Path) -> float:
-    """Median over matrices of ‖B − A‖ / ‖A‖: how far a fine-tune moved."""
-    from safetensors.torch import load_file
-
-    ta, tb = (load_file(p / "model.safetensors") for p in (a, b))
-    return statistics.median(
-        float((tb[k].float() - ta[k].float()).norm() / ta[k].float().norm())
-        for k in ta
-        if ta[k].dim() == 2
-    )
 
 
 def bench(work: Path, models: tuple[Path, Path, Path], rounds: int, graft: list[str]) -> None:

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import graft_command, log, machine_line, print_table
-from tests.training import make_run
+from tests.training import make_run, relative_change
 
 
 def timed(cmd: list[str], **kw: object) -> float:
@@ -42,19 +42,6 @@ def timed(cmd: list[str], **kw: object) -> float:
 
 def folder_bytes(folders: list[Path]) -> int:
     return sum(f.stat().st_size for d in folders for f in d.rglob("*") if f.is_file())
-
-
-def relative_change(a: Path, b: Path) -> float:
-    """Median over matrices of ‖B − A‖ / ‖A‖: how far the run moved."""
-    from safetensors.torch import load_file
-
-    ta, tb = (load_file(p / "model.safetensors") for p in (a, b))
-    changes = [
-        float((tb[k].float() - ta[k].float()).norm() / ta[k].float().norm())
-        for k in ta
-        if ta[k].dim() == 2
-    ]
-    return statistics.median(changes)
 
 
 def zipnn_bytes(files: list[Path], dtype: str) -> tuple[int, bool] | None:

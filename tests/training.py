@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
@@ -45,6 +46,17 @@ def save_model(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> Non
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, folder / "model.safetensors")
     model.config.save_pretrained(folder)
+
+
+def relative_change(a: Path, b: Path) -> float:
+    """Median over matrices of ‖B − A‖ / ‖A‖ between two saved models: how far
+    a run moved."""
+    ta, tb = (load_file(p / "model.safetensors") for p in (a, b))
+    return statistics.median(
+        float((tb[k].float() - ta[k].float()).norm() / ta[k].float().norm())
+        for k in ta
+        if ta[k].dim() == 2
+    )
 
 
 def make_run(

@@ -191,7 +191,7 @@ def artifact_cells(rows: Sequence[ArtifactRow]) -> tuple[list[str], list[list[st
     columns = [*ARTIFACT_COLUMNS, *(["WHERE"] if where else [])]
     cells = [
         [
-            f"{r.name}@{r.version}",
+            r.ref,
             r.kind,
             r.id[:12],
             str(r.n_tensors),
